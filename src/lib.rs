@@ -1,0 +1,71 @@
+//! Content-addressable blob stores for build caches and remote-execution systems, composed at
+//! compile time.
+//!
+//! Every store is a plain generic type implementing [`Store`]; wrappers hold their children
+//! by value, so a stack such as `FastSlow<Memory, Filesystem>` is dispatched statically, with
+//! no `Arc<dyn _>` per layer and no boxed future per call. Where a layout is only known at run
+//! time, [`BoxStore`] is the one opt-in point of type erasure, and it is itself a `Store`.
+//!
+//! ```
+//! use casstack::{Digest, Memory, MemoryConfig, EvictionPolicy, StoreExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+//! let cas = Memory::new(MemoryConfig {
+//!     eviction_policy: EvictionPolicy { max_bytes: 64 << 20, ..Default::default() },
+//! });
+//! let blob = bytes::Bytes::from_static(b"int main() { return 0; }");
+//! let digest = Digest::of(&blob);
+//! cas.put_bytes(digest, blob.clone()).await?;
+//! assert_eq!(cas.has(digest).await?, Some(blob.len() as u64));
+//! assert_eq!(cas.get_bytes(digest).await?, blob);
+//! # Ok(()) }
+//! ```
+//!
+//! # Stores
+//!
+//! | store | what it is | feature |
+//! |---|---|---|
+//! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
+//! | [`Noop`] | keeps nothing | always |
+//! | [`BoxStore`] | any store behind one pointer | always |
+//!
+//! # Features
+//!
+//! | feature | what it adds | cost |
+//! |---|---|---|
+//! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
+//!
+//! # Errors
+//!
+//! Every store and wrapper returns the same [`Error`], with a gRPC-style [`Code`]: a hash
+//! mismatch on `put` is `InvalidArgument` (the caller sent bad data), on `get` it is
+//! `DataLoss` (the store holds bad data).
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod boxed;
+mod error;
+mod eviction;
+mod key;
+mod store;
+pub mod stores;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use body::{Body, BoxStream, Either, OneChunk, collect_body, drain_body};
+pub use boxed::BoxStore;
+pub use error::{Code, Error, Result, ResultExt};
+pub use eviction::{EvictingMap, EvictionPolicy};
+pub use key::{Digest, Key};
+pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
+pub use stores::memory::{Memory, MemoryConfig};
+pub use stores::noop::Noop;

@@ -1,0 +1,4 @@
+//! Leaf stores: where the bytes live.
+
+pub mod memory;
+pub mod noop;
