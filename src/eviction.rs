@@ -51,7 +51,6 @@ use crate::store::RemovalListener;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
 pub struct EvictionPolicy {
     /// Evict once the total size is at or above this many bytes.
     pub max_bytes: u64,
