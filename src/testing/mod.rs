@@ -259,6 +259,7 @@ impl Conformance {
         let config = Config {
             cases: self.cases,
             failure_persistence: None,
+            max_shrink_iters: 4096,
             ..Config::default()
         };
         let mut runner = TestRunner::new(config);
@@ -287,7 +288,7 @@ impl Conformance {
 ///
 /// ```
 /// let failure = casstack::testing::Conformance::new().cases(4).run(|| async { casstack::Noop }).unwrap_err();
-/// assert!(failure.message().contains("step"));
+/// assert!(failure.message().contains("absent"), "Noop forgot an upload: {failure}");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Failure {
