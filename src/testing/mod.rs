@@ -32,10 +32,16 @@
 //!     });
 //! ```
 //!
+//! # Fault injection
+//!
+//! [`Faulty`] wraps a store and fails, stalls or cuts the streams of chosen calls, and counts
+//! calls: for testing what a composition does when one part misbehaves.
+//!
 //! Stores that keep data across restarts add a reopen step with
 //! [`check_with_reopen`](Conformance::check_with_reopen); stores that take only digest keys
 //! turn names off with [`name_keys(false)`](Conformance::name_keys).
 
+mod faulty;
 mod model;
 mod strategy;
 
@@ -47,6 +53,7 @@ use proptest::test_runner::{Config, TestError, TestRunner};
 
 use crate::store::Store;
 
+pub use faulty::{CutStream, Fault, Faulty, Operation};
 pub use strategy::{
     BlobSpec, BodyFault, Case, Content, Op, blob, byte_range, digest_key, name_key,
 };
