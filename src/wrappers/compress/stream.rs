@@ -58,6 +58,8 @@ pub struct CompressStream<B> {
     stage: CompressStage,
     index: BytesMut,
     frame_count: u32,
+    /// The raw block of a frame whose prefix was just yielded.
+    queued: Option<Bytes>,
     /// Where the uncompressed size is reported once the footer has been yielded.
     written: Arc<AtomicU64>,
 }
@@ -107,15 +109,20 @@ impl<B: Body> CompressStream<B> {
             stage: CompressStage::Header,
             index: BytesMut::new(),
             frame_count: 0,
+            queued: None,
             written,
         })
     }
 }
 
-/// Compresses one block into a frame (prefix + payload); raw when zstd does not make it
-/// smaller. Returns the frame and its payload length.
-fn encode_frame(compressor: &mut zstd::bulk::Compressor<'static>, block: Bytes) -> (Bytes, u32) {
-    let crc = crc32fast::hash(&block);
+/// Compresses one block into a frame; raw when zstd does not make it smaller. Returns the
+/// frame (prefix and zstd payload; or the prefix alone, the raw block following it as a
+/// second chunk without a copy) and the payload length.
+fn encode_frame(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    block: &Bytes,
+) -> (Bytes, Option<Bytes>, u32) {
+    let crc = crc32fast::hash(block);
     // Room for a payload strictly smaller than the block: zstd fails when it cannot fit,
     // and the block is then stored raw.
     let mut out = Vec::with_capacity(PREFIX_LEN + block.len().saturating_sub(1));
@@ -127,20 +134,19 @@ fn encode_frame(compressor: &mut zstd::bulk::Compressor<'static>, block: Bytes) 
     } else {
         None
     };
-    let mut out = cursor.into_inner();
     match compressed {
         Some(n) => {
+            let mut out = cursor.into_inner();
             let mut prefix = BytesMut::with_capacity(PREFIX_LEN);
             format::encode_prefix(&mut prefix, false, n as u32, crc);
             out[..PREFIX_LEN].copy_from_slice(&prefix);
-            (Bytes::from(out), n as u32)
+            (Bytes::from(out), None, n as u32)
         }
         None => {
             let len = block.len() as u32;
-            let mut frame = BytesMut::with_capacity(PREFIX_LEN + block.len());
-            format::encode_prefix(&mut frame, true, len, crc);
-            frame.extend_from_slice(&block);
-            (frame.freeze(), len)
+            let mut prefix = BytesMut::with_capacity(PREFIX_LEN);
+            format::encode_prefix(&mut prefix, true, len, crc);
+            (prefix.freeze(), Some(block.clone()), len)
         }
     }
 }
@@ -160,6 +166,9 @@ impl<B: Body> Stream for CompressStream<B> {
                     return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&header))));
                 }
                 CompressStage::Frames => {}
+            }
+            if let Some(raw) = this.queued.take() {
+                return Poll::Ready(Some(Ok(raw)));
             }
             // A whole block straight from the body chunk, without copying it.
             if this.pending.is_empty() && this.input.len() >= block {
@@ -211,7 +220,8 @@ impl<B: Body> Stream for CompressStream<B> {
 
 impl<B> CompressStreamProj<'_, B> {
     fn frame(&mut self, data: Bytes) -> Bytes {
-        let (frame, payload_len) = encode_frame(self.compressor, data);
+        let (frame, raw, payload_len) = encode_frame(self.compressor, &data);
+        *self.queued = raw;
         self.index.put_u32_le(payload_len);
         *self.frame_count += 1;
         frame

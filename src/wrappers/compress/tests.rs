@@ -28,7 +28,7 @@ pub(crate) fn text(len: usize, seed: u64) -> Bytes {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 10 == 0 {
+        if x.is_multiple_of(10) {
             out.put_u64_le(x);
         } else {
             out.extend_from_slice(WORDS[(x >> 8) as usize % WORDS.len()].as_bytes());
@@ -676,9 +676,8 @@ proptest! {
                     Err(e) => prop_assert_eq!(e.code(), Code::DataLoss, "{}", e),
                 }
             }
-            match s.has("k").await.unwrap() {
-                Some(n) => prop_assert_eq!(n, len as u64),
-                None => {}
+            if let Some(n) = s.has("k").await.unwrap() {
+                prop_assert_eq!(n, len as u64);
             }
             Ok(())
         })?;
