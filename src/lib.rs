@@ -42,6 +42,7 @@
 //! |---|---|---|
 //! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
 //! | `dedup` | `Dedup` | fastcdc, crc32fast |
+//! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -63,6 +64,7 @@ mod boxed;
 mod error;
 mod eviction;
 mod key;
+pub mod spec;
 mod store;
 pub mod stores;
 pub mod wrappers;
@@ -70,6 +72,19 @@ pub mod wrappers;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+
+/// Expands a TOML layout into the matching store type at build time (feature `macros`).
+///
+/// ```
+/// casstack::layout!(type Cache = inline r#"
+/// [boxed.memory.eviction_policy]
+/// max_bytes = "1gib"
+/// "#);
+/// let _: Option<Cache> = None::<casstack::BoxStore>;
+/// ```
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use casstack_macros::layout;
 
 /// The README's examples are compiled and run as doctests.
 #[cfg(doctest)]
@@ -81,6 +96,7 @@ pub use boxed::BoxStore;
 pub use error::{Code, Error, Result, ResultExt};
 pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
+pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
