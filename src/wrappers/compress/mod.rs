@@ -41,17 +41,17 @@
 //! # Block size
 //!
 //! The default block size is 256 KiB, chosen by measurement (`benches/compress.rs`, 64 MiB
-//! of word-like text at level 3, one run on a shared 2-core machine):
+//! of word-like text at level 3, two runs on a shared 2-core machine):
 //!
 //! | block | ratio | 4 KiB ranged read |
 //! |---|---|---|
-//! | 64 KiB | 2.385 | 188 µs |
-//! | 256 KiB | 2.426 | 433 µs |
-//! | 1 MiB | 2.447 | 1600 µs |
-//! | (one zstd frame) | 2.448 | (whole blob) |
+//! | 64 KiB | 2.385 | 188–193 µs |
+//! | 256 KiB | 2.426 | 255–433 µs |
+//! | 1 MiB | 2.447 | 1600–1894 µs |
+//! | (one zstd frame) | 2.448 | (whole blob: 200–250 ms) |
 //!
 //! 256 KiB stores within 1% of 1 MiB blocks and 1.7% less than 64 KiB blocks, while a small
-//! ranged read costs 3.7 times less than with 1 MiB blocks (it fetches and decodes one
+//! ranged read costs 4 to 7 times less than with 1 MiB blocks (it fetches and decodes one
 //! block). It is also `Dedup`'s average chunk size. Smaller blocks pay in ratio and in index
 //! size (4 bytes per block); larger ones in the latency of every small ranged read.
 //!
