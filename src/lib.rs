@@ -29,10 +29,19 @@
 //! | [`Noop`] | keeps nothing | always |
 //! | [`BoxStore`] | any store behind one pointer | always |
 //!
+//! ## Wrappers
+//!
+//! | wrapper | what it does | feature |
+//! |---|---|---|
+//! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
+//! | `Dedup` | content-defined chunking (FastCDC): chunks stored once by sha256, a chunk list per key | `dedup` |
+//!
 //! # Features
 //!
 //! | feature | what it adds | cost |
 //! |---|---|---|
+//! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
+//! | `dedup` | `Dedup` | fastcdc, crc32fast |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
@@ -58,6 +67,7 @@ mod key;
 pub mod spec;
 mod store;
 pub mod stores;
+pub mod wrappers;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -90,3 +100,7 @@ pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
+#[cfg(feature = "zstd")]
+pub use wrappers::compress::{Compress, CompressConfig};
+#[cfg(feature = "dedup")]
+pub use wrappers::dedup::{Dedup, DedupConfig};
