@@ -27,12 +27,14 @@
 //! |---|---|---|
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
+//! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
 //!
 //! # Features
 //!
 //! | feature | what it adds | cost |
 //! |---|---|---|
+//! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -67,5 +69,9 @@ pub use error::{Code, Error, Result, ResultExt};
 pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
+#[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
+pub use stores::filesystem::Filesystem;
+pub use stores::filesystem::FilesystemConfig;
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
