@@ -77,7 +77,7 @@ fn writer(spec: &str) {
     runtime.block_on(async move {
         let store = Filesystem::open(config(&dir, evict)).await.unwrap();
         println!("ready");
-        let writers: Vec<_> = (0..8u64)
+        let _writers: Vec<_> = (0..8u64)
             .map(|w| {
                 let store = store.clone();
                 tokio::spawn(async move {
@@ -95,7 +95,10 @@ fn writer(spec: &str) {
                         } else {
                             format!("n-{digest}").into()
                         };
-                        store.put_bytes(key.clone(), data).await.unwrap();
+                        if let Err(e) = store.put_bytes(key.clone(), data).await {
+                            eprintln!("writer: upload of {key} failed: {e}");
+                            std::process::exit(1);
+                        }
                         let mut out = std::io::stdout().lock();
                         writeln!(out, "ok {key}").unwrap();
                         out.flush().unwrap();
@@ -103,9 +106,8 @@ fn writer(spec: &str) {
                 })
             })
             .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
+        // Write until killed (a failed upload ends the process, and the parent fails).
+        std::future::pending::<()>().await;
     });
 }
 
@@ -134,7 +136,12 @@ fn parent() {
     let seed = std::env::var("CASSTACK_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64)
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
         | 1;
     println!("filesystem crash test: seed {seed} (set CASSTACK_CRASH_SEED to repeat)");
     let mut rng = Rng(seed);
@@ -151,7 +158,10 @@ fn parent() {
         let dir = root.path().join(format!("store-{}", kill / KILLS_PER_DIR));
         let evict = kill % 3 == 2;
         let mut child = Command::new(&exe)
-            .env(WRITER_ENV, format!("{}|{}|{}", dir.display(), rng.next(), u8::from(evict)))
+            .env(
+                WRITER_ENV,
+                format!("{}|{}|{}", dir.display(), rng.next(), u8::from(evict)),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -162,7 +172,10 @@ fn parent() {
         let mut acked = Vec::new();
         if mode != 0 {
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let ready = lines.next().expect("child exited before it was ready").unwrap();
+            let ready = lines
+                .next()
+                .expect("child exited before it was ready")
+                .unwrap();
             assert_eq!(ready, "ready");
             while (acked.len() as u64) < wanted_acks {
                 let line = lines.next().expect("child exited early").unwrap();
@@ -177,7 +190,9 @@ fn parent() {
         if temp.exists() {
             leftover_temp_files += std::fs::read_dir(&temp).unwrap().count();
         }
-        let store = runtime.block_on(Filesystem::open(config(&dir, false))).unwrap();
+        let store = runtime
+            .block_on(Filesystem::open(config(&dir, false)))
+            .unwrap();
         assert_eq!(
             std::fs::read_dir(&temp).unwrap().count(),
             0,
@@ -205,7 +220,10 @@ fn parent() {
         }
         if !evict {
             for key in &acked {
-                assert!(listed.contains(key), "kill {kill}: acknowledged {key} was lost");
+                assert!(
+                    listed.contains(key),
+                    "kill {kill}: acknowledged {key} was lost"
+                );
             }
         }
     }

@@ -78,7 +78,10 @@ async fn a_full_disk_fails_the_put_cleanly_and_the_store_keeps_working() {
     // The space the failed upload used is free again: the store keeps working.
     assert_eq!(store.get_bytes(first_digest).await.unwrap(), first);
     let small = Bytes::from(vec![3u8; 100 << 10]);
-    store.put_bytes(Digest::of(&small), small.clone()).await.unwrap();
+    store
+        .put_bytes(Digest::of(&small), small.clone())
+        .await
+        .unwrap();
     assert_eq!(store.get_bytes(Digest::of(&small)).await.unwrap(), small);
     drop(store);
 }

@@ -253,7 +253,9 @@ mod tests {
         assert_eq!(c.max_concurrent_writes, 0);
         let err = c.expanded_paths().unwrap_err();
         assert!(err.message().contains("content_path"), "{err}");
-        let err = FilesystemConfig::new("/a", "").expanded_paths().unwrap_err();
+        let err = FilesystemConfig::new("/a", "")
+            .expanded_paths()
+            .unwrap_err();
         assert!(err.message().contains("temp_path"), "{err}");
         let zeros = FilesystemConfig {
             read_buffer_size: 0,

@@ -97,11 +97,17 @@ mod tests {
 
     #[test]
     fn safe_names_stay_verbatim_and_others_are_escaped() {
-        assert_eq!(escape_name("action-42_v1.json").unwrap(), "action-42_v1.json");
+        assert_eq!(
+            escape_name("action-42_v1.json").unwrap(),
+            "action-42_v1.json"
+        );
         assert_eq!(escape_name("a/b").unwrap(), "a%2Fb");
         assert_eq!(escape_name("..").unwrap(), "%2E.");
         assert_eq!(escape_name(".").unwrap(), "%2E");
-        assert_eq!(escape_name("../../etc/passwd").unwrap(), "%2E.%2F..%2Fetc%2Fpasswd");
+        assert_eq!(
+            escape_name("../../etc/passwd").unwrap(),
+            "%2E.%2F..%2Fetc%2Fpasswd"
+        );
         assert_eq!(escape_name("nul\0byte").unwrap(), "nul%00byte");
         assert_eq!(escape_name("100%").unwrap(), "100%25");
         assert_eq!(escape_name("é").unwrap(), "%C3%A9");
@@ -111,13 +117,35 @@ mod tests {
     #[test]
     fn every_escaped_name_is_one_path_component_and_round_trips() {
         let names = [
-            "", ".", "..", "a", ".hidden", "a/b/../c", "\0", "%", "%2F", "sp ace", "tab\t", "é€😀",
-            "-", "--", "~", "a.b.c", "/abs", "trailing/",
+            "",
+            ".",
+            "..",
+            "a",
+            ".hidden",
+            "a/b/../c",
+            "\0",
+            "%",
+            "%2F",
+            "sp ace",
+            "tab\t",
+            "é€😀",
+            "-",
+            "--",
+            "~",
+            "a.b.c",
+            "/abs",
+            "trailing/",
         ];
         for name in names {
             let file = escape_name(name).unwrap();
-            assert!(!file.is_empty() && file != "." && file != "..", "{name:?} -> {file:?}");
-            assert!(!file.contains('/') && !file.contains('\0'), "{name:?} -> {file:?}");
+            assert!(
+                !file.is_empty() && file != "." && file != "..",
+                "{name:?} -> {file:?}"
+            );
+            assert!(
+                !file.contains('/') && !file.contains('\0'),
+                "{name:?} -> {file:?}"
+            );
             assert_eq!(unescape_name(&file).as_deref(), Some(name), "{file:?}");
         }
     }

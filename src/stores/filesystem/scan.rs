@@ -108,10 +108,10 @@ fn classify(is_digest: bool, entry: &DirEntry) -> io::Result<Option<Found>> {
         return Ok(None);
     }
     let size = meta.len();
-    if let Key::Digest(d) = &key {
-        if d.size() != size {
-            return Ok(None);
-        }
+    if let Key::Digest(d) = &key
+        && d.size() != size
+    {
+        return Ok(None);
     }
     let used = meta.accessed().or_else(|_| meta.modified())?;
     Ok(Some(Found { key, size, used }))

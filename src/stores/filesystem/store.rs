@@ -311,14 +311,14 @@ impl Filesystem {
             return drain_body(&key, UploadSize::Exact(0), body).await;
         }
         let path = self.inner.path_of(&key)?;
-        if let Key::Digest(d) = &key {
-            if size.limit() < d.size() || size.exact().is_some_and(|n| n != d.size()) {
-                return Err(Error::new(
-                    Code::InvalidArgument,
-                    format!("declared upload size {size:?} does not match the digest's size"),
-                )
-                .with_key(key));
-            }
+        if let Key::Digest(d) = &key
+            && (size.limit() < d.size() || size.exact().is_some_and(|n| n != d.size()))
+        {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("declared upload size {size:?} does not match the digest's size"),
+            )
+            .with_key(key));
         }
         if let Some(n) = size.exact() {
             self.inner.check_fits(&key, n)?;
@@ -350,17 +350,17 @@ impl Filesystem {
         }
         size.check_end(received)
             .map_err(|e| e.with_key(key.clone()))?;
-        if let Key::Digest(d) = &key {
-            if received != d.size() {
-                return Err(Error::new(
-                    Code::InvalidArgument,
-                    format!(
-                        "upload of {received} bytes for a digest of {} bytes",
-                        d.size()
-                    ),
-                )
-                .with_key(key));
-            }
+        if let Key::Digest(d) = &key
+            && received != d.size()
+        {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "upload of {received} bytes for a digest of {} bytes",
+                    d.size()
+                ),
+            )
+            .with_key(key));
         }
         self.inner.check_fits(&key, received)?;
         let permit = match &self.inner.writes {
@@ -390,11 +390,11 @@ impl Filesystem {
         if !self.inner.dropped.any.load(SeqCst) {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            if self.inner.dropped.any.swap(false, SeqCst) {
-                let inner = self.inner.clone();
-                drop(runtime.spawn_blocking(move || inner.delete_dropped()));
-            }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && self.inner.dropped.any.swap(false, SeqCst)
+        {
+            let inner = self.inner.clone();
+            drop(runtime.spawn_blocking(move || inner.delete_dropped()));
         }
     }
 }
@@ -412,15 +412,12 @@ impl Inner {
         let digests = content.join(DIGESTS);
         let names_dir = content.join(NAMES);
         for dir in [&digests, &names_dir, &temp] {
-            fs::create_dir_all(dir).context(format_args!(
-                "filesystem store: creating {}",
-                dir.display()
-            ))?;
+            fs::create_dir_all(dir)
+                .context(format_args!("filesystem store: creating {}", dir.display()))?;
         }
         scan::check_same_device(&content, &temp)?;
-        let canonical = |p: &Path| {
-            fs::canonicalize(p).context(format_args!("resolving {}", p.display()))
-        };
+        let canonical =
+            |p: &Path| fs::canonicalize(p).context(format_args!("resolving {}", p.display()));
         let temp_real = canonical(&temp)?;
         for dir in [&digests, &names_dir] {
             if temp_real.starts_with(canonical(dir)?) {
@@ -439,8 +436,7 @@ impl Inner {
         let found = scan::scan(&content, scan::default_threads())?;
         scan::delete_invalid(&found.invalid)?;
 
-        let open_dir =
-            |p: &Path| File::open(p).context(format_args!("opening {}", p.display()));
+        let open_dir = |p: &Path| File::open(p).context(format_args!("opening {}", p.display()));
         let dropped = Arc::new(Dropped::default());
         let index = EvictingMap::new(config.eviction_policy);
         index.subscribe(dropped.clone());
@@ -476,8 +472,7 @@ impl Inner {
             {
                 // Can never fit under the policy: it would be evicted at once.
                 let path = inner.path_of(&f.key)?;
-                remove_if_exists(&path)
-                    .context(format_args!("deleting {}", path.display()))?;
+                remove_if_exists(&path).context(format_args!("deleting {}", path.display()))?;
             }
         }
         // Whatever the policy evicted while loading.
@@ -492,7 +487,8 @@ impl Inner {
 
     /// The size `max_bytes` counts for an object of `size` bytes.
     fn accounted(&self, size: u64) -> u64 {
-        size.div_ceil(self.block_size).saturating_mul(self.block_size)
+        size.div_ceil(self.block_size)
+            .saturating_mul(self.block_size)
     }
 
     fn check_fits(&self, key: &Key, size: u64) -> Result<()> {
@@ -584,12 +580,12 @@ impl Inner {
             for key in &keys {
                 // Under the commit lock nobody renames a file into place, so a key absent
                 // from the index now has no newer file that this could delete.
-                if self.index.peek(key).is_none() {
-                    if let Ok(path) = self.path_of(key) {
-                        // Best effort: a file that cannot be deleted is unindexed and is
-                        // replaced by the next upload of its key or re-indexed at startup.
-                        let _ = remove_if_exists(&path);
-                    }
+                if self.index.peek(key).is_none()
+                    && let Ok(path) = self.path_of(key)
+                {
+                    // Best effort: a file that cannot be deleted is unindexed and is
+                    // replaced by the next upload of its key or re-indexed at startup.
+                    let _ = remove_if_exists(&path);
                 }
             }
             keys

@@ -101,7 +101,10 @@ async fn digests_and_names_round_trip_in_their_directories() {
     store.put_bytes("action/1", "result".into()).await.unwrap();
     assert_eq!(store.get_bytes(d).await.unwrap(), data);
     assert_eq!(store.get_bytes("action/1").await.unwrap(), "result");
-    assert_eq!(files_in(&fx.content().join("d")), BTreeSet::from([d.to_string()]));
+    assert_eq!(
+        files_in(&fx.content().join("d")),
+        BTreeSet::from([d.to_string()])
+    );
     assert_eq!(
         files_in(&fx.content().join("s")),
         BTreeSet::from(["action%2F1".to_owned()])
@@ -121,13 +124,23 @@ async fn has_reports_true_size_while_eviction_counts_blocks() {
     })
     .await
     .unwrap();
-    store.put_bytes("a", Bytes::from(vec![1; 101])).await.unwrap();
+    store
+        .put_bytes("a", Bytes::from(vec![1; 101]))
+        .await
+        .unwrap();
     assert_eq!(store.has("a").await.unwrap(), Some(101));
-    assert_eq!(store.total_bytes(), 200, "101 bytes are two 100-byte blocks");
+    assert_eq!(
+        store.total_bytes(),
+        200,
+        "101 bytes are two 100-byte blocks"
+    );
     // 200 + 100 reaches max_bytes (300): "a" is evicted although 101 + 1 bytes would fit.
     store.put_bytes("b", Bytes::from(vec![2; 1])).await.unwrap();
     assert_eq!(store.has("a").await.unwrap(), None);
-    assert!(!fx.content().join("s/a").exists(), "eviction deleted the file");
+    assert!(
+        !fx.content().join("s/a").exists(),
+        "eviction deleted the file"
+    );
     // An exact size that rounds up to max_bytes can never fit: refused unread.
     let body = stream::iter(vec![Err(Error::new(Code::Internal, "body was read"))]);
     let err = store
@@ -209,11 +222,20 @@ async fn names_never_escape_the_store_and_overlong_names_are_refused() {
         assert_eq!(store.get_bytes(name).await.unwrap(), name);
     }
     assert_eq!(files_in(&fx.content().join("s")).len(), 6);
-    assert_eq!(files_in(fx.dir.path()), BTreeSet::from(["content".into(), "tmp".into()]));
-    assert_eq!(files_in(&fx.content()), BTreeSet::from(["d".into(), "s".into()]));
+    assert_eq!(
+        files_in(fx.dir.path()),
+        BTreeSet::from(["content".into(), "tmp".into()])
+    );
+    assert_eq!(
+        files_in(&fx.content()),
+        BTreeSet::from(["d".into(), "s".into()])
+    );
 
     let long = "x".repeat(300);
-    let err = store.put_bytes(long.as_str(), "v".into()).await.unwrap_err();
+    let err = store
+        .put_bytes(long.as_str(), "v".into())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.key(), Some(&Key::from(long.as_str())));
     assert_eq!(store.has(long.as_str()).await.unwrap(), None);
@@ -229,19 +251,31 @@ async fn bodies_that_lie_or_fail_leave_nothing() {
     let (d, data) = blob("size", 100);
     // Declared size is not the digest's size: refused before reading.
     let err = store
-        .put(d.into(), UploadSize::Exact(99), crate::OneChunk::new(data.slice(..99)))
+        .put(
+            d.into(),
+            UploadSize::Exact(99),
+            crate::OneChunk::new(data.slice(..99)),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // At most N, but the body is shorter than the digest.
     let err = store
-        .put(d.into(), UploadSize::AtMost(1000), crate::OneChunk::new(data.slice(..50)))
+        .put(
+            d.into(),
+            UploadSize::AtMost(1000),
+            crate::OneChunk::new(data.slice(..50)),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Longer than declared.
     let err = store
-        .put("n".into(), UploadSize::Exact(2), crate::OneChunk::new("abc".into()))
+        .put(
+            "n".into(),
+            UploadSize::Exact(2),
+            crate::OneChunk::new("abc".into()),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -271,7 +305,11 @@ async fn a_dropped_put_deletes_its_temp_file() {
     let body = stream::iter(vec![Ok(first)]).chain(stream::pending());
     let task = tokio::spawn({
         let store = store.clone();
-        async move { store.put("k".into(), UploadSize::AtMost(1 << 30), body).await }
+        async move {
+            store
+                .put("k".into(), UploadSize::AtMost(1 << 30), body)
+                .await
+        }
     });
     // The first batch is written once it is received; wait for the temp file to appear.
     while fx.temp_files().is_empty() {
@@ -292,10 +330,26 @@ async fn disk_full_and_permission_errors_fail_cleanly_and_the_store_recovers() {
     let store = fx.open().await;
     store.put_bytes("k", "old".into()).await.unwrap();
     let cases = [
-        (Fault::Write, io::ErrorKind::StorageFull, Code::ResourceExhausted),
-        (Fault::Sync, io::ErrorKind::StorageFull, Code::ResourceExhausted),
-        (Fault::Write, io::ErrorKind::PermissionDenied, Code::PermissionDenied),
-        (Fault::Rename, io::ErrorKind::PermissionDenied, Code::PermissionDenied),
+        (
+            Fault::Write,
+            io::ErrorKind::StorageFull,
+            Code::ResourceExhausted,
+        ),
+        (
+            Fault::Sync,
+            io::ErrorKind::StorageFull,
+            Code::ResourceExhausted,
+        ),
+        (
+            Fault::Write,
+            io::ErrorKind::PermissionDenied,
+            Code::PermissionDenied,
+        ),
+        (
+            Fault::Rename,
+            io::ErrorKind::PermissionDenied,
+            Code::PermissionDenied,
+        ),
     ];
     for (at, kind, code) in cases {
         store.inject_fault(at, kind);
@@ -413,7 +467,10 @@ async fn a_file_deleted_behind_the_stores_back_is_forgotten() {
     store.put_bytes("name", "v".into()).await.unwrap();
     for key in [Key::from(d), Key::from("name")] {
         std::fs::remove_file(store.path_of(&key).unwrap()).unwrap();
-        assert_eq!(store.get_bytes(key.clone()).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            store.get_bytes(key.clone()).await.unwrap_err().code(),
+            Code::NotFound
+        );
         assert_eq!(store.has(key).await.unwrap(), None);
     }
     assert!(store.is_empty());
@@ -440,7 +497,10 @@ async fn restart_keeps_everything_acknowledged() {
     let reopened = fx.open().await;
     assert_eq!(reopened.len(), expected.len() + 1);
     for (key, data) in expected {
-        assert_eq!(reopened.has(key.clone()).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(
+            reopened.has(key.clone()).await.unwrap(),
+            Some(data.len() as u64)
+        );
         assert_eq!(reopened.get_bytes(key).await.unwrap(), data);
     }
     assert_eq!(reopened.get_bytes("").await.unwrap(), "");
@@ -453,7 +513,12 @@ async fn restart_orders_lru_by_access_time_and_expires_old_files() {
     for k in ["newest", "middle", "oldest", "ancient"] {
         store.put_bytes(k, k.into()).await.unwrap();
     }
-    let age = |k: &str, secs| set_atime(&store.path_of(&k.into()).unwrap(), Duration::from_secs(secs));
+    let age = |k: &str, secs| {
+        set_atime(
+            &store.path_of(&k.into()).unwrap(),
+            Duration::from_secs(secs),
+        )
+    };
     age("newest", 10);
     age("middle", 100);
     age("oldest", 1000);
@@ -509,7 +574,10 @@ async fn startup_deletes_invalid_files_and_wipes_temp() {
     assert_eq!(reopened.len(), 2);
     assert_eq!(reopened.get_bytes(good).await.unwrap(), data);
     assert!(fx.temp_files().is_empty());
-    assert!(std::fs::metadata("/etc/hostname").is_ok(), "a symlink's target is untouched");
+    assert!(
+        std::fs::metadata("/etc/hostname").is_ok(),
+        "a symlink's target is untouched"
+    );
 }
 
 #[tokio::test]
@@ -538,7 +606,10 @@ async fn startup_refuses_a_temp_path_among_the_objects() {
     assert!(err.message().contains("inside"), "{err}");
     let config = FilesystemConfig::new(fx.path("c"), "$CASSTACK_SURELY_UNSET_VARIABLE/tmp");
     let err = Filesystem::open(config).await.unwrap_err();
-    assert!(err.message().contains("CASSTACK_SURELY_UNSET_VARIABLE"), "{err}");
+    assert!(
+        err.message().contains("CASSTACK_SURELY_UNSET_VARIABLE"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +652,9 @@ async fn racing_puts_reads_and_evictions_keep_index_and_disk_in_agreement() {
     .await
     .unwrap();
     let value = |name: &str, version: usize| -> Bytes {
-        format!("{name}:{version}:").repeat(100 + version % 7).into()
+        format!("{name}:{version}:")
+            .repeat(100 + version % 7)
+            .into()
     };
     let tasks: Vec<_> = (0..16)
         .map(|t| {
@@ -591,7 +664,10 @@ async fn racing_puts_reads_and_evictions_keep_index_and_disk_in_agreement() {
                     let name = format!("k{}", (i * 7 + t) % 8);
                     match (i + t) % 4 {
                         0 | 1 => {
-                            store.put_bytes(name.as_str(), value(&name, i)).await.unwrap();
+                            store
+                                .put_bytes(name.as_str(), value(&name, i))
+                                .await
+                                .unwrap();
                         }
                         2 => match store.get_bytes(name.as_str()).await {
                             Ok(bytes) => {
