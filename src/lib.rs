@@ -35,6 +35,7 @@
 //! | feature | what it adds | cost |
 //! |---|---|---|
 //! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
+//! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -56,12 +57,26 @@ mod boxed;
 mod error;
 mod eviction;
 mod key;
+pub mod spec;
 mod store;
 pub mod stores;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+
+/// Expands a TOML layout into the matching store type at build time (feature `macros`).
+///
+/// ```
+/// casstack::layout!(type Cache = inline r#"
+/// [boxed.memory.eviction_policy]
+/// max_bytes = "1gib"
+/// "#);
+/// let _: Option<Cache> = None::<casstack::BoxStore>;
+/// ```
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use casstack_macros::layout;
 
 /// The README's examples are compiled and run as doctests.
 #[cfg(doctest)]
@@ -73,6 +88,7 @@ pub use boxed::BoxStore;
 pub use error::{Code, Error, Result, ResultExt};
 pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
+pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 #[cfg(feature = "fs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]

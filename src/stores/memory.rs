@@ -2,7 +2,7 @@
 //!
 //! - **Zero-copy reads.** A hit is a slice of the stored `Bytes`: no copy, no allocation.
 //! - **Concurrent readers** share a read lock and never wait on each other; see
-//!   [`EvictingMap`](crate::EvictingMap) for how recency is kept without a write lock.
+//!   [`EvictingMap`] for how recency is kept without a write lock.
 //! - **Copy on write.** A `put` copies the body into a fresh buffer, so a stored blob never
 //!   pins a larger buffer the caller sliced it from (NativeLink issue #289).
 //! - **Refusal up front.** A `put` that declares an exact size that can never fit (`>=

@@ -49,7 +49,8 @@ pub enum Fault {
     Stall,
 }
 
-/// A store that misbehaves on demand. See the [module docs](self).
+/// A store that misbehaves on demand: it fails, stalls or cuts the streams of chosen calls
+/// and counts every call.
 ///
 /// ```
 /// use casstack::testing::{Fault, Faulty, Operation};
