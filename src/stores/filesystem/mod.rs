@@ -12,6 +12,10 @@
 //! - `{temp_path}/{pid}-{n}.upload`: uploads in progress. `temp_path` must be on the same
 //!   filesystem as `content_path` (checked at startup: a rename across filesystems is not
 //!   atomic), and must not be `d/` or `s/`.
+//! - `.casstack-lock` in both directories: an open store holds an exclusive lock on each, so
+//!   a second store (in this process or another) cannot open the same directories and wipe
+//!   the first one's uploads. Opening waits up to a second for a closing store to let go,
+//!   then fails with `Unavailable`. The kernel releases the locks when a process dies.
 //!
 //! # Semantics
 //!
@@ -61,8 +65,8 @@
 //!
 //! # Startup
 //!
-//! [`Filesystem::open`] creates the directories, checks the devices, deletes every file in
-//! `temp_path`, then lists `d/` and `s/` and stats every entry on a pool of threads, never
+//! [`Filesystem::open`] creates the directories, checks the devices, takes the locks, deletes
+//! every file in `temp_path`, then lists `d/` and `s/` and stats every entry on a pool of threads, never
 //! reading a file's contents. Valid files are indexed oldest access time first (so the LRU
 //! order and `max_seconds` follow the access times; NativeLink gets both backwards); files that
 //! are not valid objects (a name that is not a key, a digest file whose length is not the
@@ -85,7 +89,8 @@
 //!
 //! # Failure codes
 //!
-//! `NotFound` (absent), `OutOfRange` (range past the end), `InvalidArgument` (body longer or
+//! `NotFound` (absent), `OutOfRange` (range past the end), `Unavailable` (the directories
+//! are open in another store), `InvalidArgument` (body longer or
 //! shorter than declared, a size that is not the digest's, a name too long for a file name, a
 //! bad config: missing path, unset variable, paths on two filesystems), `ResourceExhausted`
 //! (can never fit under the policy, or the disk is full), `PermissionDenied` (the process may

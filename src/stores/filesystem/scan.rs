@@ -4,7 +4,7 @@
 use std::fs::{self, DirEntry};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Code, Error, Result, ResultExt as _};
 use crate::key::Key;
@@ -139,14 +139,52 @@ pub(crate) fn delete_invalid(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Deletes every file (not directory) directly in `temp`.
+/// Name of the lock file in `content_path` and `temp_path`.
+pub(crate) const LOCK_FILE: &str = ".casstack-lock";
+
+/// Takes an exclusive lock on `dir` (a lock file in it). If another store holds it, waits up
+/// to a second for it to close (a store of this process being reopened), then fails with
+/// `Unavailable`.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .context(format_args!("creating {}", path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    Code::Unavailable,
+                    format!(
+                        "filesystem store: {} is in use by another open store (in this \
+                         process or another); one directory serves one store at a time",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::from(e).context(format_args!("locking {}", path.display())));
+            }
+        }
+    }
+}
+
+/// Deletes every file (not directory) directly in `temp`, except the lock file.
 pub(crate) fn wipe_temp(temp: &Path) -> Result<usize> {
     let mut deleted = 0;
     for entry in list(temp)? {
         let file_type = entry
             .file_type()
             .context(format_args!("reading {}", entry.path().display()))?;
-        if file_type.is_dir() {
+        if file_type.is_dir() || entry.file_name() == LOCK_FILE {
             continue;
         }
         match fs::remove_file(entry.path()) {

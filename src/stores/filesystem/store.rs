@@ -62,6 +62,8 @@ struct Inner {
     /// Open handles of `d/` and `s/`, to fsync a rename into them.
     digest_dir: File,
     name_dir: File,
+    /// Exclusive locks on `content_path` and `temp_path`, released when the store closes.
+    _locks: Vec<File>,
     /// Key -> true object size; the index's own size is the block-rounded one.
     index: EvictingMap<u64>,
     /// Held while renaming a file into place together with its index insert, and while
@@ -432,6 +434,12 @@ impl Inner {
                 ));
             }
         }
+        // One store per directory: a second one would wipe this one's uploads and disagree
+        // with its index. The locks are held as long as the store is open.
+        let mut locks = vec![scan::lock_dir(&content)?];
+        if temp_real != canonical(&content)? {
+            locks.push(scan::lock_dir(&temp)?);
+        }
         scan::wipe_temp(&temp)?;
         let found = scan::scan(&content, scan::default_threads())?;
         scan::delete_invalid(&found.invalid)?;
@@ -445,6 +453,7 @@ impl Inner {
             name_dir: open_dir(&names_dir)?,
             content,
             temp,
+            _locks: locks,
             index,
             commit: Mutex::new(()),
             dropped,

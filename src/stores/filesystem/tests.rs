@@ -50,8 +50,11 @@ impl Fixture {
         self.dir.path().join("content")
     }
 
+    /// The files in `temp_path`, but the lock file.
     fn temp_files(&self) -> BTreeSet<String> {
-        files_in(&self.dir.path().join("tmp"))
+        let mut files = files_in(&self.dir.path().join("tmp"));
+        files.remove(super::scan::LOCK_FILE);
+        files
     }
 
     /// Every key whose file is on disk.
@@ -228,7 +231,7 @@ async fn names_never_escape_the_store_and_overlong_names_are_refused() {
     );
     assert_eq!(
         files_in(&fx.content()),
-        BTreeSet::from(["d".into(), "s".into()])
+        BTreeSet::from(["d".into(), "s".into(), super::scan::LOCK_FILE.into()])
     );
 
     let long = "x".repeat(300);
@@ -371,13 +374,14 @@ async fn a_temp_path_that_became_a_file_fails_puts_without_harm() {
     let fx = Fixture::new();
     let store = fx.open().await;
     let tmp = fx.dir.path().join("tmp");
-    std::fs::remove_dir(&tmp).unwrap();
+    let moved = fx.dir.path().join("tmp-moved");
+    std::fs::rename(&tmp, &moved).unwrap();
     std::fs::write(&tmp, "not a directory").unwrap();
     let err = store.put_bytes("k", "v".into()).await.unwrap_err();
     assert!(err.message().contains("creating a temp file"), "{err}");
     assert_eq!(store.has("k").await.unwrap(), None);
     std::fs::remove_file(&tmp).unwrap();
-    std::fs::create_dir(&tmp).unwrap();
+    std::fs::rename(&moved, &tmp).unwrap();
     store.put_bytes("k", "v".into()).await.unwrap();
     assert_eq!(store.get_bytes("k").await.unwrap(), "v");
 }
@@ -759,4 +763,29 @@ async fn expired_objects_are_deleted() {
     assert_eq!(store.has("c").await.unwrap(), None);
     store.put_bytes("d", "4".into()).await.unwrap();
     assert_eq!(fx.keys_on_disk(), BTreeSet::from(["d".into()]));
+}
+
+#[tokio::test]
+async fn one_directory_serves_one_open_store() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    store.put_bytes("k", "v".into()).await.unwrap();
+    let err = Filesystem::open(fx.config()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("in use by another open store"),
+        "{err}"
+    );
+    // Another content_path sharing the temp_path is refused too: it would wipe our uploads.
+    let shared_temp = FilesystemConfig::new(fx.path("other"), fx.path("tmp"));
+    let err = Filesystem::open(shared_temp).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(
+        store.get_bytes("k").await.unwrap(),
+        "v",
+        "the first store is untouched"
+    );
+    drop(store);
+    let reopened = fx.open().await;
+    assert_eq!(reopened.get_bytes("k").await.unwrap(), "v");
 }
