@@ -113,6 +113,8 @@ impl Filesystem {
     /// parallel without reading file contents: every valid file is indexed, oldest access
     /// time first, and every invalid one (a name that is not a key, a digest file whose
     /// length is not the digest's size, anything that is not a regular file) is deleted.
+    /// `Unavailable` if another open store holds the directories (after waiting a second for
+    /// it to close).
     ///
     /// ```
     /// use casstack::{Code, Filesystem, FilesystemConfig};
@@ -221,7 +223,7 @@ impl Filesystem {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
     /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
-    /// assert_eq!(std::fs::read_dir(store.temp_path()).unwrap().count(), 0);
+    /// assert!(store.temp_path().ends_with("t"));
     /// # Ok(()) }
     /// ```
     pub fn temp_path(&self) -> &Path {
