@@ -304,8 +304,16 @@ async fn bodies_that_lie_or_fail_leave_nothing() {
 async fn a_dropped_put_deletes_its_temp_file() {
     let fx = Fixture::new();
     let store = fx.open().await;
+    // The body yields one chunk larger than a write batch, then stalls; the put asks for the
+    // next chunk only after that batch is in the temp file, and the stall tells the test so.
     let first = Bytes::from(vec![1u8; 300 * 1024]);
-    let body = stream::iter(vec![Ok(first)]).chain(stream::pending());
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let signal = stalled.clone();
+    let stall = stream::poll_fn(move |_| -> std::task::Poll<Option<crate::Result<Bytes>>> {
+        signal.notify_one();
+        std::task::Poll::Pending
+    });
+    let body = stream::iter(vec![Ok(first)]).chain(stall);
     let task = tokio::spawn({
         let store = store.clone();
         async move {
@@ -314,10 +322,12 @@ async fn a_dropped_put_deletes_its_temp_file() {
                 .await
         }
     });
-    // The first batch is written once it is received; wait for the temp file to appear.
-    while fx.temp_files().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    stalled.notified().await;
+    assert_eq!(
+        fx.temp_files().len(),
+        1,
+        "the first batch is in a temp file"
+    );
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert!(fx.temp_files().is_empty(), "the dropped upload cleaned up");
