@@ -27,6 +27,7 @@
 //! |---|---|---|
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
+//! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
 //!
 //! ## Wrappers
@@ -42,6 +43,7 @@
 //! |---|---|---|
 //! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
 //! | `dedup` | `Dedup` | fastcdc, crc32fast |
+//! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
@@ -98,6 +100,10 @@ pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
 pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
+#[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
+pub use stores::filesystem::Filesystem;
+pub use stores::filesystem::FilesystemConfig;
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
 #[cfg(feature = "zstd")]

@@ -1,4 +1,5 @@
 //! Leaf stores: where the bytes live.
 
+pub mod filesystem;
 pub mod memory;
 pub mod noop;

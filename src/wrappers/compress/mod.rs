@@ -329,7 +329,11 @@ impl<S: Store> Compress<S> {
             );
         }
         let range = ByteRange::new(stored - FOOTER_LEN as u64, Some(FOOTER_LEN as u64));
-        let bytes = self.inner.get_range_bytes(key.clone(), range).await?;
+        let bytes = self
+            .inner
+            .get_range_bytes(key.clone(), range)
+            .await
+            .map_err(shrank)?;
         Footer::decode(&bytes, stored, self.config.max_frame_size).map_err(keyed(key))
     }
 
@@ -409,7 +413,10 @@ impl<S: Store> Compress<S> {
                 Bytes::new()
             } else {
                 let index_range = ByteRange::new(index_at, Some(index_len));
-                self.inner.get_range_bytes(key.clone(), index_range).await?
+                self.inner
+                    .get_range_bytes(key.clone(), index_range)
+                    .await
+                    .map_err(shrank)?
             };
             (
                 Index::decode(&bytes, footer, stored).map_err(keyed(key))?,
@@ -432,7 +439,7 @@ impl<S: Store> Compress<S> {
             Some(all) => Either::Right(OneChunk::new(all.slice(from as usize..to as usize))),
             None => {
                 let frames = ByteRange::new(from, Some(to - from));
-                Either::Left(self.inner.get(key.clone(), frames).await?)
+                Either::Left(self.inner.get(key.clone(), frames).await.map_err(shrank)?)
             }
         };
         let skip = (span.start - u64::from(first) * block) as usize;
@@ -465,6 +472,20 @@ impl<S: Store> Compress<S> {
             .put(key, UploadSize::AtMost(bound), stream)
             .await?;
         Ok(written.load(Ordering::Acquire))
+    }
+}
+
+/// An inner range past the end of an object sized a moment ago means it was replaced by a
+/// shorter one: reported as `DataLoss`, which the readers retry with the new size.
+fn shrank(e: Error) -> Error {
+    if e.code() == Code::OutOfRange {
+        Error::new(
+            Code::DataLoss,
+            "the stored object changed size while being read",
+        )
+        .with_source(e)
+    } else {
+        e
     }
 }
 
