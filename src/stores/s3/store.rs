@@ -1,0 +1,576 @@
+//! The [`S3`] store: put (single or multipart), ranged get, has with expiry.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use tokio::task::JoinSet;
+
+use crate::body::{Body, collect_body, drain_body};
+use crate::error::{Code, Error, Result};
+use crate::key::Key;
+use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
+use crate::stores::memory::{check_out_len, mark_empty_blobs};
+
+use super::client::Client;
+use super::config::{MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, S3Config};
+use super::retry::retry;
+use super::stream::S3Stream;
+
+/// The longest object key S3 accepts, in bytes.
+const MAX_OBJECT_KEY: usize = 1024;
+
+/// A store of objects in an S3 bucket. Cloning it shares the client and its connections.
+///
+/// Construction makes no request; the first operation finds out whether the bucket and the
+/// credentials work. See the [module docs](crate::stores::s3) for the semantics.
+///
+/// ```no_run
+/// use casstack::{S3, S3Config, StoreExt};
+///
+/// # #[tokio::main] async fn main() -> casstack::Result<()> {
+/// let cas = S3::new(S3Config {
+///     key_prefix: "cas/".into(),
+///     ..S3Config::new("build-cache")
+/// })?;
+/// let d = casstack::Digest::of(b"hello");
+/// cas.put_bytes(d, "hello".into()).await?;
+/// assert_eq!(cas.get_bytes(d).await?, "hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct S3 {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: S3Config,
+    listeners: Mutex<Vec<Arc<dyn RemovalListener>>>,
+}
+
+impl fmt::Debug for S3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3")
+            .field("bucket", &self.inner.config.bucket)
+            .field("endpoint", &self.inner.config.endpoint)
+            .field("key_prefix", &self.inner.config.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3 {
+    /// A store over `config`'s bucket. `InvalidArgument` for a config that cannot work (see
+    /// [`S3Config::validate`]), `PermissionDenied` when the chosen credential source cannot be
+    /// set up. Makes no request.
+    ///
+    /// ```
+    /// let err = casstack::S3::new(casstack::S3Config::default()).unwrap_err();
+    /// assert!(err.message().contains("bucket"));
+    /// ```
+    pub fn new(config: S3Config) -> Result<S3> {
+        config.validate()?;
+        let client = Client::new(&config)?;
+        Ok(S3 {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                listeners: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The config this store was built with.
+    ///
+    /// ```
+    /// let s3 = casstack::S3::new(casstack::S3Config {
+    ///     credentials: casstack::S3Credentials::Environment,
+    ///     ..casstack::S3Config::new("b")
+    /// }).unwrap();
+    /// assert_eq!(s3.config().bucket, "b");
+    /// ```
+    pub fn config(&self) -> &S3Config {
+        &self.inner.config
+    }
+
+    /// Creates the bucket; fine if this account already owns it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> casstack::Result<()> {
+    /// casstack::S3::new(casstack::S3Config::new("cache"))?.create_bucket().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_bucket(&self) -> Result<()> {
+        retry(&self.inner.config.retry, || self.inner.client.create_bucket()).await
+    }
+
+    /// The object keys of the multipart uploads in progress under `key_prefix` (at most
+    /// 1000): uploads this store left behind would show here (a crashed process cannot abort
+    /// its uploads; a bucket lifecycle rule `AbortIncompleteMultipartUpload` cleans those).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> casstack::Result<()> {
+    /// let s3 = casstack::S3::new(casstack::S3Config::new("cache"))?;
+    /// assert!(s3.incomplete_uploads().await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn incomplete_uploads(&self) -> Result<Vec<String>> {
+        let prefix = &self.inner.config.key_prefix;
+        let uploads = retry(&self.inner.config.retry, || {
+            self.inner.client.list_multipart_uploads(prefix)
+        })
+        .await?;
+        Ok(uploads.into_iter().map(|(key, _)| key).collect())
+    }
+
+    fn object_key(&self, key: &Key) -> Result<String> {
+        let object = format!("{}{key}", self.inner.config.key_prefix);
+        if object.is_empty() || object.len() > MAX_OBJECT_KEY {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "an S3 object key is 1 to 1024 bytes, this one is {}",
+                    object.len()
+                ),
+            )
+            .with_key(key.clone()));
+        }
+        Ok(object)
+    }
+
+    fn notify_removed(&self, key: &Key) {
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for listener in listeners {
+            listener.removed(key);
+        }
+    }
+
+    /// The size of `key`'s object; `None` if absent or expired.
+    async fn head(&self, key: &Key) -> Result<Option<u64>> {
+        let object = self.object_key(key)?;
+        let client = &self.inner.client;
+        let head = retry(&self.inner.config.retry, || client.head(&object))
+            .await
+            .map_err(|e| e.with_key(key.clone()))?;
+        let Some(head) = head else {
+            return Ok(None);
+        };
+        let max_age = self.inner.config.consider_expired_after_s;
+        if max_age != 0
+            && let Some(modified) = head.last_modified
+        {
+            let expires = modified + Duration::from_secs(max_age);
+            if expires <= SystemTime::now() {
+                self.notify_removed(key);
+                return Ok(None);
+            }
+        }
+        Ok(Some(head.size))
+    }
+
+    async fn head_at(&self, i: usize, key: &Key) -> (usize, Result<Option<u64>>) {
+        (i, self.head(key).await)
+    }
+
+    async fn has_many_impl(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
+        check_out_len(keys, out)?;
+        // A hand-rolled bounded fan-out: stream combinators with closures over borrowed keys
+        // trip the compiler's `Send` inference.
+        let max = self.inner.config.max_concurrent_heads;
+        let mut todo = keys.iter().enumerate().filter(|(_, key)| !key.is_empty_blob());
+        let mut heads = FuturesUnordered::new();
+        loop {
+            while heads.len() < max {
+                let Some((i, key)) = todo.next() else { break };
+                heads.push(self.head_at(i, key));
+            }
+            let Some((i, size)) = heads.next().await else {
+                break;
+            };
+            out[i] = size?;
+        }
+        mark_empty_blobs(keys, out);
+        Ok(())
+    }
+
+    async fn read(&self, key: Key, range: ByteRange) -> Result<S3Stream> {
+        if key.is_empty_blob() {
+            range.resolve(0).map_err(|e| e.with_key(key))?;
+            return Ok(S3Stream::empty());
+        }
+        let object = self.object_key(&key)?;
+        let config = &self.inner.config;
+        let client = &self.inner.client;
+        if range.len == Some(0) {
+            return self.read_nothing(key, &object, range).await;
+        }
+        let last = range
+            .len
+            .map(|len| range.offset.saturating_add(len) - 1);
+        let got = retry(&config.retry, || client.get(&object, range.offset, last, None)).await;
+        match got {
+            Ok(got) => Ok(S3Stream::new(
+                client.clone(),
+                key,
+                object,
+                range.offset,
+                got,
+                config.retry.clone(),
+            )),
+            // S3 refuses a range that starts at or past the end; at the end it is empty.
+            Err(e) if e.code() == Code::OutOfRange => self.read_nothing(key, &object, range).await,
+            Err(e) => Err(e.with_key(key)),
+        }
+    }
+
+    /// An empty reader if `range` is within the object, else `NotFound` or `OutOfRange`.
+    async fn read_nothing(&self, key: Key, object: &str, range: ByteRange) -> Result<S3Stream> {
+        let client = &self.inner.client;
+        let head = retry(&self.inner.config.retry, || client.head(object))
+            .await
+            .map_err(|e| e.with_key(key.clone()))?;
+        let Some(head) = head else {
+            return Err(Error::not_found(key));
+        };
+        let span = range.resolve(head.size).map_err(|e| e.with_key(key))?;
+        if !span.is_empty() {
+            return Err(Error::new(
+                Code::Unavailable,
+                "S3 refused a range inside the object; it changed while it was read",
+            ));
+        }
+        Ok(S3Stream::empty())
+    }
+
+    async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
+        if key.is_empty_blob() {
+            return drain_body(&key, UploadSize::Exact(0), body).await;
+        }
+        let object = self.object_key(&key)?;
+        let config = &self.inner.config;
+        if let UploadSize::Exact(n) = size {
+            if n > MAX_OBJECT_SIZE {
+                return Err(Error::new(
+                    Code::InvalidArgument,
+                    format!("S3 objects are at most 5 TiB; this upload declares {n} bytes"),
+                )
+                .with_key(key));
+            }
+            if n < config.multipart_threshold {
+                let data = collect_body(&key, size, body).await?;
+                self.put_whole(&key, &object, data).await?;
+                return Ok(n);
+            }
+        }
+        self.put_multipart(key, object, size, body).await
+    }
+
+    async fn put_whole(&self, key: &Key, object: &str, data: Bytes) -> Result<()> {
+        let client = &self.inner.client;
+        retry(&self.inner.config.retry, || client.put(object, data.clone()))
+            .await
+            .map_err(|e| e.with_key(key.clone()))
+    }
+
+    /// The part size for an upload of `size`: the configured one, raised so an exactly known
+    /// (or bounded) size fits in 10,000 parts.
+    fn part_size(&self, size: UploadSize) -> u64 {
+        let needed = size.limit().min(MAX_OBJECT_SIZE).div_ceil(MAX_PARTS);
+        self.inner.config.part_size.max(needed).min(MAX_PART_SIZE)
+    }
+
+    async fn put_multipart<B: Body>(
+        &self,
+        key: Key,
+        object: String,
+        size: UploadSize,
+        body: B,
+    ) -> Result<u64> {
+        let config = &self.inner.config;
+        let client = &self.inner.client;
+        let mut parts = Parts::new(body, key.clone(), size, self.part_size(size));
+        let first = parts.next().await?;
+        if parts.done {
+            // The whole body fit in one part: one request, no upload to clean up.
+            let data = first.unwrap_or_default();
+            let len = data.len() as u64;
+            self.put_whole(&key, &object, data).await?;
+            return Ok(len);
+        }
+        let upload_id = retry(&config.retry, || client.create_multipart(&object))
+            .await
+            .map_err(|e| e.with_key(key.clone()))?;
+        let mut guard = AbortGuard {
+            client: client.clone(),
+            retry: config.retry.clone(),
+            object,
+            upload_id,
+            armed: true,
+        };
+        let result = self.upload_parts(&guard, &mut parts, first).await;
+        guard.armed = false;
+        match result {
+            Ok(total) => Ok(total),
+            Err(e) => {
+                let e = e.with_key(key);
+                match guard.abort().await {
+                    Ok(()) => Err(e),
+                    Err(abort) => Err(e.context(format_args!(
+                        "(and aborting the multipart upload failed: {abort})"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Uploads `first` and the rest of `parts`, then completes the upload; returns its size.
+    async fn upload_parts<B: Body>(
+        &self,
+        upload: &AbortGuard,
+        parts: &mut Parts<B>,
+        first: Option<Bytes>,
+    ) -> Result<u64> {
+        let max_in_flight = self.inner.config.multipart_max_concurrent_uploads;
+        let mut tasks: JoinSet<Result<(u32, String)>> = JoinSet::new();
+        let mut done: Vec<(u32, String)> = Vec::new();
+        let mut next = first;
+        let mut number = 0u32;
+        while let Some(data) = next.take() {
+            number += 1;
+            if u64::from(number) > MAX_PARTS {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the upload needs more than 10,000 parts of {} bytes",
+                        parts.part_size
+                    ),
+                ));
+            }
+            let client = upload.client.clone();
+            let retry_config = upload.retry.clone();
+            let (object, upload_id) = (upload.object.clone(), upload.upload_id.clone());
+            tasks.spawn(async move {
+                let etag = retry(&retry_config, || {
+                    client.upload_part(&object, &upload_id, number, data.clone())
+                })
+                .await
+                .map_err(|e| e.context(format_args!("part {number}")))?;
+                Ok((number, etag))
+            });
+            // At most `max_in_flight` parts in memory: those in flight and the one being read.
+            while tasks.len() >= max_in_flight {
+                done.push(joined(tasks.join_next().await)?);
+            }
+            while let Some(result) = tasks.try_join_next() {
+                done.push(joined(Some(result))?);
+            }
+            next = parts.next().await?;
+        }
+        while let Some(result) = tasks.join_next().await {
+            done.push(joined(Some(result))?);
+        }
+        done.sort_unstable_by_key(|(number, _)| *number);
+        let total = parts.received;
+        let client = &upload.client;
+        let mut attempts = 0;
+        let completed = retry(&upload.retry, || {
+            attempts += 1;
+            client.complete_multipart(&upload.object, &upload.upload_id, &done)
+        })
+        .await;
+        match completed {
+            Ok(()) => Ok(total),
+            // A retry after a completion whose answer was lost finds the upload gone.
+            Err(e) if e.code() == Code::NotFound && attempts > 1 => {
+                match retry(&upload.retry, || client.head(&upload.object)).await? {
+                    Some(head) if head.size == total => Ok(total),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The result of a part upload task.
+fn joined(
+    result: Option<std::result::Result<Result<(u32, String)>, tokio::task::JoinError>>,
+) -> Result<(u32, String)> {
+    match result {
+        Some(Ok(part)) => part,
+        Some(Err(e)) => Err(Error::new(
+            Code::Internal,
+            format!("a part upload task failed: {e}"),
+        )),
+        None => Err(Error::new(Code::Internal, "no part upload in flight")),
+    }
+}
+
+/// Aborts a multipart upload if dropped while armed (the put future was dropped).
+struct AbortGuard {
+    client: Client,
+    retry: super::config::RetryConfig,
+    object: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl AbortGuard {
+    async fn abort(&self) -> Result<()> {
+        retry(&self.retry, || {
+            self.client.abort_multipart(&self.object, &self.upload_id)
+        })
+        .await
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let guard = AbortGuard {
+            client: self.client.clone(),
+            retry: self.retry.clone(),
+            object: std::mem::take(&mut self.object),
+            upload_id: std::mem::take(&mut self.upload_id),
+            armed: false,
+        };
+        runtime.spawn(async move {
+            // Best effort: nobody is left to tell. A lifecycle rule catches what this misses.
+            let _ = guard.abort().await;
+        });
+    }
+}
+
+/// Cuts a body into parts of `part_size` bytes (the last one shorter), checking its size.
+/// A chunk that covers a whole part is sliced, not copied.
+struct Parts<B> {
+    body: B,
+    key: Key,
+    size: UploadSize,
+    part_size: u64,
+    carry: Bytes,
+    received: u64,
+    done: bool,
+}
+
+impl<B: Body> Parts<B> {
+    fn new(body: B, key: Key, size: UploadSize, part_size: u64) -> Self {
+        Parts {
+            body,
+            key,
+            size,
+            part_size,
+            carry: Bytes::new(),
+            received: 0,
+            done: false,
+        }
+    }
+
+    /// The next part, `None` once the body has ended and everything was handed out. After a
+    /// part, `done` tells whether the body has ended (so this was the last one).
+    async fn next(&mut self) -> Result<Option<Bytes>> {
+        let part_size = self.part_size as usize;
+        let mut buf = BytesMut::new();
+        loop {
+            if !self.carry.is_empty() {
+                let need = part_size - buf.len();
+                if buf.is_empty() && self.carry.len() >= need {
+                    let part = self.carry.split_to(need);
+                    self.peek_end_if_empty().await?;
+                    return Ok(Some(part));
+                }
+                if buf.capacity() == 0 {
+                    buf.reserve(part_size);
+                }
+                let take = need.min(self.carry.len());
+                buf.extend_from_slice(&self.carry.split_to(take));
+                if buf.len() == part_size {
+                    self.peek_end_if_empty().await?;
+                    return Ok(Some(buf.freeze()));
+                }
+                continue;
+            }
+            if self.done {
+                return Ok((!buf.is_empty()).then(|| buf.freeze()));
+            }
+            self.pull().await?;
+        }
+    }
+
+    /// Reads the next chunk into `carry`, or marks the end.
+    async fn pull(&mut self) -> Result<()> {
+        match self.body.next().await {
+            Some(Ok(chunk)) => {
+                self.received += chunk.len() as u64;
+                self.size
+                    .check_progress(self.received)
+                    .map_err(|e| e.with_key(self.key.clone()))?;
+                self.carry = chunk;
+            }
+            Some(Err(e)) => return Err(e.context("reading the upload body")),
+            None => {
+                self.size
+                    .check_end(self.received)
+                    .map_err(|e| e.with_key(self.key.clone()))?;
+                self.done = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a full part with nothing carried over, reads ahead until there is more or the
+    /// body ends, so `done` is exact (a body of exactly one part needs no multipart upload).
+    async fn peek_end_if_empty(&mut self) -> Result<()> {
+        while self.carry.is_empty() && !self.done {
+            self.pull().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for S3 {
+    type Reader = S3Stream;
+
+    fn has_many(
+        &self,
+        keys: &[Key],
+        out: &mut [Option<u64>],
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.has_many_impl(keys, out)
+    }
+
+    fn get(&self, key: Key, range: ByteRange) -> impl Future<Output = Result<S3Stream>> + Send {
+        self.read(key, range)
+    }
+
+    fn put<B: Body>(
+        &self,
+        key: Key,
+        size: UploadSize,
+        body: B,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        self.write(key, size, body)
+    }
+
+    fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+}
