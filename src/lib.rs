@@ -28,6 +28,12 @@
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
 //! | [`BoxStore`] | any store behind one pointer | always |
+//! | [`FastSlow`] | fast tier in front of a slow one; reads fill fast, single flight | always |
+//! | [`SizePartition`] | small digests to one store, large to another | always |
+//! | [`Verify`] | size and sha256 checks on upload, optionally on read | always |
+//! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals | always |
+//! | [`Shard`] | weighted rendezvous hashing over stores of one type | always |
+//! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
 //!
 //! # Features
 //!
@@ -56,6 +62,7 @@ mod eviction;
 mod key;
 mod store;
 pub mod stores;
+pub mod wrappers;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -69,3 +76,7 @@ pub use key::{Digest, Key};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
+pub use wrappers::{
+    ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
+    SizePartition, SizePartitionConfig, StoreDirection, Verify, VerifyConfig,
+};
