@@ -98,14 +98,10 @@ impl fmt::Debug for BoxStore {
 impl Store for BoxStore {
     type Reader = BoxStream;
 
-    fn has_many(
-        &self,
-        keys: &[Key],
-        out: &mut [Option<u64>],
-    ) -> impl Future<Output = Result<()>> + Send {
-        // The async block captures the three borrows separately; the boxed future needs them
-        // under one lifetime.
-        async move { self.0.has_many_dyn(keys, out).await }
+    // An `async fn`: the future captures the three borrows separately, while the boxed
+    // future needs them under one lifetime.
+    async fn has_many(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
+        self.0.has_many_dyn(keys, out).await
     }
 
     fn get(&self, key: Key, range: ByteRange) -> impl Future<Output = Result<BoxStream>> + Send {

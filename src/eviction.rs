@@ -51,7 +51,6 @@ use crate::store::RemovalListener;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
 pub struct EvictionPolicy {
     /// Evict once the total size is at or above this many bytes.
     pub max_bytes: u64,
@@ -197,14 +196,25 @@ impl<V: Clone> EvictingMap<V> {
     /// assert_eq!(map.get(&"a".into()), Some(7));
     /// ```
     pub fn get(&self, key: &Key) -> Option<V> {
-        let now = self.now_ms();
+        self.get_with(key, V::clone)
+    }
+
+    /// As [`get`](Self::get), applying `f` to the value under the lock instead of cloning it.
+    ///
+    /// ```
+    /// let map = casstack::EvictingMap::new(Default::default());
+    /// map.insert("a".into(), vec![1u8, 2, 3], 3).unwrap();
+    /// assert_eq!(map.get_with(&"a".into(), |v| v.len()), Some(3));
+    /// ```
+    pub fn get_with<R>(&self, key: &Key, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let now = self.read_clock();
         let expired = {
             let state = self.read();
             match state.entries.get(key) {
                 None => return None,
                 Some(entry) if !self.too_old(entry, now) => {
                     self.touch(entry, now);
-                    return Some(entry.value.clone());
+                    return Some(f(&entry.value));
                 }
                 Some(_) => true,
             }
@@ -222,7 +232,7 @@ impl<V: Clone> EvictingMap<V> {
     /// assert_eq!(map.peek(&"a".into()), None::<u8>);
     /// ```
     pub fn peek(&self, key: &Key) -> Option<V> {
-        let now = self.now_ms();
+        let now = self.read_clock();
         let state = self.read();
         state
             .entries
@@ -243,7 +253,7 @@ impl<V: Clone> EvictingMap<V> {
     /// assert_eq!(out, [Some(3), None]);
     /// ```
     pub fn sizes(&self, keys: &[Key], out: &mut [Option<u64>], touch: bool) {
-        let now = self.now_ms();
+        let now = self.read_clock();
         let mut expired = Vec::new();
         {
             let state = self.read();
@@ -301,8 +311,10 @@ impl<V: Clone> EvictingMap<V> {
         self.policy
             .check_fits(size)
             .map_err(|e| e.with_key(key.clone()))?;
-        let used_ms = self.now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        let used_ms = self.read_clock() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
         let tick = self.next_tick();
+        // Without a policy nothing is ever evicted, so the LRU order is not kept at all.
+        let ordered = self.policy.evicts();
         let mut removed = Vec::new();
         {
             let mut state = self.write();
@@ -314,11 +326,15 @@ impl<V: Clone> EvictingMap<V> {
                 last_used_ms: AtomicI64::new(used_ms),
             };
             if let Some(old) = state.entries.insert(key.clone(), entry) {
-                state.order.remove(&old.position);
+                if ordered {
+                    state.order.remove(&old.position);
+                }
                 state.bytes -= old.size;
                 removed.push((key.clone(), old.value));
             }
-            state.order.insert(tick, key);
+            if ordered {
+                state.order.insert(tick, key);
+            }
             state.bytes += size;
             self.evict(&mut state, &mut removed);
         }
@@ -392,9 +408,10 @@ impl<V: Clone> EvictingMap<V> {
     }
 
     /// The keys from least to most recently used (for tests and diagnostics; O(n log n)).
+    /// Recency is kept only under a policy that evicts; otherwise the order is insertion order.
     ///
     /// ```
-    /// let map = casstack::EvictingMap::new(Default::default());
+    /// let map = casstack::EvictingMap::new(casstack::EvictionPolicy { max_count: 9, ..Default::default() });
     /// map.insert("a".into(), (), 1).unwrap();
     /// map.insert("b".into(), (), 1).unwrap();
     /// map.get(&"a".into());
@@ -474,8 +491,24 @@ impl<V: Clone> EvictingMap<V> {
     }
 
     fn touch(&self, entry: &Entry<V>, now_ms: i64) {
+        // Recency matters only to a policy that evicts, and the clock only to one with an age
+        // limit: skipping them keeps reads of a non-evicting map to a lock and a lookup.
+        if !self.policy.evicts() {
+            return;
+        }
         entry.last_tick.store(self.next_tick(), Relaxed);
-        entry.last_used_ms.store(now_ms, Relaxed);
+        if self.policy.max_seconds != 0 {
+            entry.last_used_ms.store(now_ms, Relaxed);
+        }
+    }
+
+    /// The clock for reads: only read when an age limit needs it.
+    fn read_clock(&self) -> i64 {
+        if self.policy.max_seconds == 0 {
+            0
+        } else {
+            self.now_ms()
+        }
     }
 
     fn next_tick(&self) -> u64 {

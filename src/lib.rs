@@ -68,6 +68,11 @@ pub mod wrappers;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+/// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use body::{Body, BoxStream, Either, OneChunk, collect_body, drain_body};
 pub use boxed::BoxStore;
 pub use error::{Code, Error, Result, ResultExt};

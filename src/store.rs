@@ -254,13 +254,13 @@ impl UploadSize {
     /// ```
     pub fn check_end(&self, received: u64) -> Result<()> {
         self.check_progress(received)?;
-        if let UploadSize::Exact(n) = *self {
-            if received != n {
-                return Err(Error::new(
-                    Code::InvalidArgument,
-                    format!("upload body ended after {received} of its declared {n} bytes"),
-                ));
-            }
+        if let UploadSize::Exact(n) = *self
+            && received != n
+        {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("upload body ended after {received} of its declared {n} bytes"),
+            ));
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! - **Zero-copy reads.** A hit is a slice of the stored `Bytes`: no copy, no allocation.
 //! - **Concurrent readers** share a read lock and never wait on each other; see
-//!   [`EvictingMap`](crate::EvictingMap) for how recency is kept without a write lock.
+//!   [`EvictingMap`] for how recency is kept without a write lock.
 //! - **Copy on write.** A `put` copies the body into a fresh buffer, so a stored blob never
 //!   pins a larger buffer the caller sliced it from (NativeLink issue #289).
 //! - **Refusal up front.** A `put` that declares an exact size that can never fit (`>=
@@ -115,20 +115,18 @@ impl Memory {
     }
 
     fn read(&self, key: Key, range: ByteRange) -> Result<OneChunk> {
-        let data = if key.is_empty_blob() {
-            Bytes::new()
-        } else {
-            match self.index.get(&key) {
-                Some(data) => data,
-                None => return Err(Error::not_found(key)),
-            }
-        };
-        let span = range
-            .resolve(data.len() as u64)
-            .map_err(|e| e.with_key(key))?;
-        Ok(OneChunk::new(
-            data.slice(span.start as usize..span.end as usize),
-        ))
+        if key.is_empty_blob() {
+            return range.resolve(0).map(|_| OneChunk::default());
+        }
+        let slice = self
+            .index
+            .get_with(&key, |data| {
+                range
+                    .resolve(data.len() as u64)
+                    .map(|span| data.slice(span.start as usize..span.end as usize))
+            })
+            .ok_or_else(|| Error::not_found(key.clone()))?;
+        slice.map(OneChunk::new).map_err(|e| e.with_key(key))
     }
 
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {

@@ -51,13 +51,8 @@ impl Store for Noop {
         })
     }
 
-    fn put<B: Body>(
-        &self,
-        key: Key,
-        size: UploadSize,
-        body: B,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        async move { drain_body(&key, size, body).await }
+    async fn put<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
+        drain_body(&key, size, body).await
     }
 }
 
