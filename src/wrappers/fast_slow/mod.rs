@@ -12,6 +12,11 @@
 //!   arrived complete, and a read the caller abandons leaves nothing in fast. Concurrent
 //!   misses of one key share one slow read: the first reader leads, the others wait for it
 //!   (at most 60 s) and then read the fast tier. A ranged read fills the whole object.
+//! - **Name keys** live in the slow tier only (unless the slow tier is `Noop`): a name's value
+//!   can be replaced, and a fast copy could go stale whenever the fast tier skips or refuses
+//!   the replacement, or two uploads of one name interleave differently in the two tiers.
+//!   Digests are immutable, so their fast copies are always right. (NativeLink caches names in
+//!   fast too, and can serve a replaced action-cache entry.)
 //! - **Directions** ([`StoreDirection`]): a fast tier in `update` or `read_only` is read but
 //!   never filled; `get` or `read_only` tiers are not written by uploads. Digests of at least
 //!   `bypass_dedup_threshold_bytes` are read straight from the slow tier, unshared and
@@ -56,8 +61,8 @@ use self::flight::{AfterWait, Role, Shared, wait_flight, wait_write};
 use self::stream::{ChannelBody, ChunkSender, chunk_channel};
 use crate::body::{Body, Either, drain_body};
 use crate::error::{Code, Error, Result};
-use crate::key::Key;
-use crate::store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
+use crate::key::{Digest, Key};
+use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
 use crate::stores::noop::Noop;
 
@@ -161,11 +166,24 @@ impl<F: Store, S: Store> FastSlow<F, S> {
         Ok(())
     }
 
+    /// Digests live in both tiers. Names (whose value can change) live only in the slow tier,
+    /// unless the slow tier is `Noop` and the fast one is all there is.
+    fn in_both_tiers(key: &Key) -> bool {
+        matches!(key, Key::Digest(_)) || Self::slow_is_noop()
+    }
+
     async fn read(&self, key: Key, range: ByteRange) -> Result<FastSlowReader<F::Reader, S::Reader>> {
-        let fills = self.config.fast_direction.takes_fills();
+        let digest = match key {
+            Key::Digest(d) => Some(d),
+            Key::Name(_) if Self::slow_is_noop() => None,
+            Key::Name(_) => {
+                let reader = self.slow.get(key, range).await?;
+                return Ok(Either::Right(Either::Left(reader)));
+            }
+        };
         let bypass = self.config.bypass_dedup_threshold_bytes;
-        let huge = match key.digest() {
-            Some(d) => bypass != 0 && d.size() >= bypass,
+        let fills = match digest {
+            Some(d) => self.config.fast_direction.takes_fills() && !(bypass != 0 && d.size() >= bypass),
             None => false,
         };
         for _ in 0..MAX_ATTEMPTS {
@@ -174,11 +192,14 @@ impl<F: Store, S: Store> FastSlow<F, S> {
                 Err(e) if e.code() == Code::NotFound => {}
                 Err(e) => return Err(e),
             }
-            if !fills || huge {
+            let Some(digest) = digest else {
+                break;
+            };
+            if !fills {
                 break;
             }
             match self.shared.join_or_lead(&key) {
-                Role::Leader(guard) => return self.fill(key, range, guard).await,
+                Role::Leader(guard) => return self.fill(digest, range, guard).await,
                 Role::Follower(rx) => match wait_flight(rx).await {
                     AfterWait::Retry => continue,
                     AfterWait::ReadSlow => break,
@@ -191,18 +212,13 @@ impl<F: Store, S: Store> FastSlow<F, S> {
 
     async fn fill(
         &self,
-        key: Key,
+        digest: Digest,
         range: ByteRange,
         guard: flight::FlightGuard,
     ) -> Result<FastSlowReader<F::Reader, S::Reader>> {
-        let size = match key.digest() {
-            Some(d) => d.size(),
-            None => match self.slow.has(key.clone()).await? {
-                Some(size) => size,
-                None => return Err(not_in_either(key)),
-            },
-        };
-        let want = range.resolve(size).map_err(|e| e.with_key(key.clone()))?;
+        let key = Key::Digest(digest);
+        let size = digest.size();
+        let want = range.resolve(size).map_err(|e| e.with_key(digest))?;
         let reader = match self.slow.get(key.clone(), ByteRange::FULL).await {
             Ok(reader) => reader,
             Err(e) if e.code() == Code::NotFound => return Err(not_in_either(key)),
@@ -220,7 +236,7 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     }
 
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
-        let to_fast = self.config.fast_direction.takes_updates();
+        let to_fast = self.config.fast_direction.takes_updates() && Self::in_both_tiers(&key);
         let to_slow = self.config.slow_direction.takes_updates();
         match (to_fast, to_slow) {
             (false, false) => drain_body(&key, size, body).await,

@@ -8,6 +8,7 @@ use super::*;
 use crate::body::OneChunk;
 use crate::eviction::EvictionPolicy;
 use crate::key::Digest;
+use crate::store::StoreExt;
 use crate::stores::memory::{Memory, MemoryConfig};
 use crate::wrappers::test_util::{Counting, blob};
 
@@ -307,11 +308,22 @@ async fn not_in_either_tier_is_not_found() {
 }
 
 #[tokio::test]
-async fn name_keys_fill_with_the_size_the_slow_tier_reports() {
+async fn name_keys_live_in_the_slow_tier_only() {
     let (fast, slow, store) = tiers(Default::default());
-    slow.inner().put_bytes("ac/1", "value".into()).await.unwrap();
+    store.put_bytes("ac/1", "value".into()).await.unwrap();
     assert_eq!(store.get_range_bytes("ac/1", ByteRange::new(1, Some(3))).await.unwrap(), "alu");
-    assert_eq!(fast.inner().get_bytes("ac/1").await.unwrap(), "value");
+    assert_eq!(slow.inner().get_bytes("ac/1").await.unwrap(), "value");
+    assert!(fast.inner().is_empty(), "neither the put nor the read wrote fast");
+    assert_eq!(fast.get_calls() + fast.put_calls(), 0);
+    // A stale fast copy (planted) is never served.
+    fast.inner().put_bytes("ac/1", "stale".into()).await.unwrap();
+    store.put_bytes("ac/1", "fresh".into()).await.unwrap();
+    assert_eq!(store.get_bytes("ac/1").await.unwrap(), "fresh");
+    // With a Noop slow tier the fast tier is the store, names included.
+    let only_fast = FastSlow::new(Memory::default(), Noop, Default::default());
+    only_fast.put_bytes("ac/2", "v".into()).await.unwrap();
+    assert_eq!(only_fast.get_bytes("ac/2").await.unwrap(), "v");
+    assert_eq!(only_fast.has("ac/2").await.unwrap(), Some(1));
 }
 
 #[tokio::test]
