@@ -199,8 +199,11 @@ impl<F: Store, S: Store> FastSlow<F, S> {
                 break;
             }
             match self.shared.join_or_lead(&key) {
-                Role::Leader(guard) => return self.fill(digest, range, guard).await,
-                Role::Follower(rx) => match wait_flight(rx).await {
+                // Boxed: a fill already spawns a task and allocates a channel, and the
+                // hit path's future stays small.
+                Role::Leader(guard) => return Box::pin(self.fill(digest, range, guard)).await,
+                // Boxed: only readers that found a fill in flight pay for the timer's space.
+                Role::Follower(rx) => match Box::pin(wait_flight(rx)).await {
                     AfterWait::Retry => continue,
                     AfterWait::ReadSlow => break,
                 },

@@ -195,8 +195,13 @@ impl<S: Store> Store for Verify<S> {
         match key.require_digest() {
             Err(e) => VerifyGet::Failed(Some(e)),
             Ok(digest) => VerifyGet::Running {
-                check: self.config.verify_on_get && range.is_full(),
-                digest,
+                // Boxed so that a layer that does not check adds one pointer to the future, not
+                // a whole digest; a checked read hashes the object, which dwarfs the allocation.
+                check: if self.config.verify_on_get && range.is_full() {
+                    Some(Box::new(digest))
+                } else {
+                    None
+                },
                 inner: self.inner.get(key, range),
             },
         }
@@ -236,8 +241,7 @@ enum VerifyGet<F> {
     Running {
         #[pin]
         inner: F,
-        digest: Digest,
-        check: bool,
+        check: Option<Box<Digest>>,
     },
 }
 
@@ -252,16 +256,11 @@ where
             VerifyGetProj::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .expect("a VerifyGet future is not polled after it completed"))),
-            VerifyGetProj::Running {
-                inner,
-                digest,
-                check,
-            } => {
+            VerifyGetProj::Running { inner, check } => {
                 let reader = ready!(inner.poll(cx))?;
-                Poll::Ready(Ok(if *check {
-                    VerifyStream::new(reader, *digest, true, true, Code::DataLoss)
-                } else {
-                    VerifyStream::unchecked(reader)
+                Poll::Ready(Ok(match check.take() {
+                    Some(digest) => VerifyStream::new(reader, *digest, true, true, Code::DataLoss),
+                    None => VerifyStream::unchecked(reader),
                 }))
             }
         }
