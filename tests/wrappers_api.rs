@@ -69,7 +69,12 @@ async fn futures_of_a_five_deep_stack_are_send_and_spawn() {
     spawn_everything(store, d.into(), Bytes::from_static(b"deep")).await;
     let big = Bytes::from(vec![7u8; 100_000]);
     spawn_everything(deep(), Digest::of(&big).into(), big).await;
-    spawn_everything(BoxStore::new(deep()), Digest::of(b"boxed").into(), "boxed".into()).await;
+    spawn_everything(
+        BoxStore::new(deep()),
+        Digest::of(b"boxed").into(),
+        "boxed".into(),
+    )
+    .await;
 }
 
 #[test]
@@ -77,16 +82,24 @@ fn get_futures_stay_small() {
     let d: Key = Digest::of(b"x").into();
     let memory = Memory::default();
     let sizes = [
-        ("Memory", size_of_val(&memory.get(d.clone(), ByteRange::FULL))),
+        (
+            "Memory",
+            size_of_val(&memory.get(d.clone(), ByteRange::FULL)),
+        ),
         (
             "Verify<Memory>",
-            size_of_val(&Verify::new(memory.clone(), Default::default()).get(d.clone(), ByteRange::FULL)),
+            size_of_val(
+                &Verify::new(memory.clone(), Default::default()).get(d.clone(), ByteRange::FULL),
+            ),
         ),
         (
             "Verify<Verify<Verify<Memory>>>",
             size_of_val(
                 &Verify::new(
-                    Verify::new(Verify::new(memory.clone(), Default::default()), Default::default()),
+                    Verify::new(
+                        Verify::new(memory.clone(), Default::default()),
+                        Default::default(),
+                    ),
                     Default::default(),
                 )
                 .get(d.clone(), ByteRange::FULL),
@@ -94,7 +107,10 @@ fn get_futures_stay_small() {
         ),
         (
             "ExistenceCache<Memory>",
-            size_of_val(&ExistenceCache::new(memory.clone(), Default::default()).get(d.clone(), ByteRange::FULL)),
+            size_of_val(
+                &ExistenceCache::new(memory.clone(), Default::default())
+                    .get(d.clone(), ByteRange::FULL),
+            ),
         ),
         (
             "SizePartition<Memory, Memory>",
@@ -105,7 +121,11 @@ fn get_futures_stay_small() {
         ),
         (
             "Shard<Memory>",
-            size_of_val(&Shard::even([memory.clone()]).unwrap().get(d.clone(), ByteRange::FULL)),
+            size_of_val(
+                &Shard::even([memory.clone()])
+                    .unwrap()
+                    .get(d.clone(), ByteRange::FULL),
+            ),
         ),
         (
             "Ref<Memory>",
@@ -131,7 +151,10 @@ fn get_futures_stay_small() {
                 .get(d.clone(), ByteRange::FULL),
             ),
         ),
-        ("Deep (5 wrappers)", size_of_val(&deep().get(d.clone(), ByteRange::FULL))),
+        (
+            "Deep (5 wrappers)",
+            size_of_val(&deep().get(d.clone(), ByteRange::FULL)),
+        ),
     ];
     for (name, size) in sizes {
         eprintln!("{size:>5} bytes  {name}::get");

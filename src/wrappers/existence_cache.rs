@@ -302,7 +302,11 @@ mod tests {
         backend.inner().put_bytes(d, data).await.unwrap();
         assert_eq!(store.has(d).await.unwrap(), Some(10));
         assert_eq!(store.has(d).await.unwrap(), Some(10));
-        assert_eq!(backend.has_calls(), 1, "the second answer came from the cache");
+        assert_eq!(
+            backend.has_calls(),
+            1,
+            "the second answer came from the cache"
+        );
         // Absent keys are not cached.
         let (missing, _) = blob(11, 1);
         assert_eq!(store.has(missing).await.unwrap(), None);
@@ -314,8 +318,15 @@ mod tests {
     async fn mixed_batch_asks_only_for_misses_in_order() {
         let (backend, store) = cache_over(Memory::default());
         let blobs: Vec<_> = (0..4).map(|i| blob(5 + i, i as u8)).collect();
-        store.put_bytes(blobs[0].0, blobs[0].1.clone()).await.unwrap();
-        backend.inner().put_bytes(blobs[2].0, blobs[2].1.clone()).await.unwrap();
+        store
+            .put_bytes(blobs[0].0, blobs[0].1.clone())
+            .await
+            .unwrap();
+        backend
+            .inner()
+            .put_bytes(blobs[2].0, blobs[2].1.clone())
+            .await
+            .unwrap();
         let keys: Vec<Key> = blobs.iter().map(|(d, _)| Key::from(*d)).collect();
         let mut out = [None; 4];
         store.has_many(&keys, &mut out).await.unwrap();
@@ -334,7 +345,11 @@ mod tests {
         assert_eq!(backend.put_calls(), 1);
         // The skipped body is still checked against its declared size.
         let err = store
-            .put(d.into(), UploadSize::Exact(3), crate::OneChunk::new("ab".into()))
+            .put(
+                d.into(),
+                UploadSize::Exact(3),
+                crate::OneChunk::new("ab".into()),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
@@ -345,7 +360,11 @@ mod tests {
         let (backend, store) = cache_over(Memory::default());
         store.put_bytes("ac/1", "v1".into()).await.unwrap();
         store.put_bytes("ac/1", "v22".into()).await.unwrap();
-        assert_eq!(backend.put_calls(), 2, "a name's new value reaches the backend");
+        assert_eq!(
+            backend.put_calls(),
+            2,
+            "a name's new value reaches the backend"
+        );
         assert_eq!(store.has("ac/1").await.unwrap(), Some(3));
         assert_eq!(store.cached_len(), 0);
     }
@@ -364,7 +383,10 @@ mod tests {
         store.put_bytes(a, ab).await.unwrap();
         assert_eq!(store.has(a).await.unwrap(), Some(10));
         store.put_bytes(b, bb).await.unwrap();
-        assert!(!store.is_cached(&a.into()), "evicted from the backend, forgotten");
+        assert!(
+            !store.is_cached(&a.into()),
+            "evicted from the backend, forgotten"
+        );
         assert_eq!(store.has(a).await.unwrap(), None);
         assert_eq!(store.has(b).await.unwrap(), Some(10));
     }
@@ -372,10 +394,16 @@ mod tests {
     #[tokio::test]
     async fn copes_with_a_backend_that_drops_the_write_at_once() {
         let inner = Memory::default();
-        let store = ExistenceCache::new(RacingBackend::dropping_writes(inner.clone()), Default::default());
+        let store = ExistenceCache::new(
+            RacingBackend::dropping_writes(inner.clone()),
+            Default::default(),
+        );
         let (d, data) = blob(10, 1);
         store.put_bytes(d, data).await.unwrap();
-        assert!(!store.is_cached(&d.into()), "the removal during the put prevented caching");
+        assert!(
+            !store.is_cached(&d.into()),
+            "the removal during the put prevented caching"
+        );
         assert_eq!(store.has(d).await.unwrap(), None);
     }
 
@@ -390,11 +418,17 @@ mod tests {
 
     impl RacingBackend {
         fn racing_has(inner: Memory) -> Self {
-            RacingBackend { inner, drop_writes: false }
+            RacingBackend {
+                inner,
+                drop_writes: false,
+            }
         }
 
         fn dropping_writes(inner: Memory) -> Self {
-            RacingBackend { inner, drop_writes: true }
+            RacingBackend {
+                inner,
+                drop_writes: true,
+            }
         }
     }
 
@@ -413,7 +447,11 @@ mod tests {
             Ok(())
         }
 
-        fn get(&self, key: Key, range: ByteRange) -> impl Future<Output = Result<Self::Reader>> + Send {
+        fn get(
+            &self,
+            key: Key,
+            range: ByteRange,
+        ) -> impl Future<Output = Result<Self::Reader>> + Send {
             self.inner.get(key, range)
         }
 
@@ -433,10 +471,15 @@ mod tests {
     #[tokio::test]
     async fn a_positive_answer_racing_a_removal_is_not_cached() {
         let inner = Memory::default();
-        let store = ExistenceCache::new(RacingBackend::racing_has(inner.clone()), Default::default());
+        let store =
+            ExistenceCache::new(RacingBackend::racing_has(inner.clone()), Default::default());
         let (d, data) = blob(10, 1);
         inner.put_bytes(d, data).await.unwrap();
-        assert_eq!(store.has(d).await.unwrap(), Some(10), "the backend's answer is passed on");
+        assert_eq!(
+            store.has(d).await.unwrap(),
+            Some(10),
+            "the backend's answer is passed on"
+        );
         assert!(!store.is_cached(&d.into()), "but not remembered");
         assert_eq!(store.has(d).await.unwrap(), None);
     }
@@ -484,7 +527,10 @@ mod tests {
         assert_eq!(store.cached_len(), 2);
         assert_eq!(backend.len(), 5);
         let mut out = [None];
-        store.has_many(&[Digest::EMPTY.into()], &mut out).await.unwrap();
+        store
+            .has_many(&[Digest::EMPTY.into()], &mut out)
+            .await
+            .unwrap();
         assert_eq!(out, [Some(0)]);
     }
 }

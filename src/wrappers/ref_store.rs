@@ -283,11 +283,17 @@ mod tests {
         registry.insert("cas", Memory::default()).unwrap();
         let err = registry.get::<Memory>("ac").unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("\"ac\"") && err.message().contains("\"cas\""), "{err}");
+        assert!(
+            err.message().contains("\"ac\"") && err.message().contains("\"cas\""),
+            "{err}"
+        );
         let err = registry.get::<crate::Noop>("cas").unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("Memory"), "{err}");
-        assert_eq!(registry.get_boxed("nope").unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            registry.get_boxed("nope").unwrap_err().code(),
+            Code::InvalidArgument
+        );
         let dup = registry.insert("cas", Memory::default()).unwrap_err();
         assert_eq!(dup.code(), Code::AlreadyExists);
     }

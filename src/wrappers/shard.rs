@@ -350,8 +350,14 @@ mod tests {
     #[test]
     fn changing_one_weight_moves_only_that_shards_share() {
         let keys = digests(100_000);
-        let before: Vec<usize> = keys.iter().map(|k| place(key_hash(k), &[1, 1, 1])).collect();
-        let after: Vec<usize> = keys.iter().map(|k| place(key_hash(k), &[2, 1, 1])).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| place(key_hash(k), &[1, 1, 1]))
+            .collect();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| place(key_hash(k), &[2, 1, 1]))
+            .collect();
         let mut moved = 0;
         for (b, a) in before.iter().zip(&after) {
             if b != a {
@@ -361,10 +367,16 @@ mod tests {
         }
         let fraction = moved as f64 / keys.len() as f64;
         // Shard 0's share grows from 1/3 to 1/2: exactly 1/6 of the keys must move.
-        eprintln!("weights [1,1,1] -> [2,1,1]: {:.4} of keys moved (ideal 0.1667)", fraction);
+        eprintln!(
+            "weights [1,1,1] -> [2,1,1]: {:.4} of keys moved (ideal 0.1667)",
+            fraction
+        );
         assert!((fraction - 1.0 / 6.0).abs() < 0.01, "{fraction}");
         // Adding a fourth shard of weight 1 moves 1/4 of the keys, all to it.
-        let grown: Vec<usize> = keys.iter().map(|k| place(key_hash(k), &[1, 1, 1, 1])).collect();
+        let grown: Vec<usize> = keys
+            .iter()
+            .map(|k| place(key_hash(k), &[1, 1, 1, 1]))
+            .collect();
         let mut moved = 0;
         for (b, a) in before.iter().zip(&grown) {
             if b != a {
@@ -373,7 +385,10 @@ mod tests {
             }
         }
         let fraction = moved as f64 / keys.len() as f64;
-        eprintln!("adding a 4th shard: {:.4} of keys moved (ideal 0.25)", fraction);
+        eprintln!(
+            "adding a 4th shard: {:.4} of keys moved (ideal 0.25)",
+            fraction
+        );
         assert!((fraction - 0.25).abs() < 0.01, "{fraction}");
     }
 

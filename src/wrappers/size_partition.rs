@@ -216,7 +216,13 @@ mod tests {
     use crate::stores::memory::Memory;
     use crate::wrappers::test_util::{Counting, blob};
 
-    fn setup(size: u64) -> (Counting<Memory>, Counting<Memory>, SizePartition<Counting<Memory>, Counting<Memory>>) {
+    type Parts = (
+        Counting<Memory>,
+        Counting<Memory>,
+        SizePartition<Counting<Memory>, Counting<Memory>>,
+    );
+
+    fn setup(size: u64) -> Parts {
         let lower = Counting::new(Memory::default());
         let upper = Counting::new(Memory::default());
         let store = SizePartition::new(lower.clone(), upper.clone(), SizePartitionConfig { size });
@@ -243,8 +249,16 @@ mod tests {
         let (lower, upper, store) = setup(4);
         let (small, small_bytes) = blob(2, 1);
         let (large, large_bytes) = blob(40, 2);
-        lower.inner().put_bytes(small, small_bytes.clone()).await.unwrap();
-        upper.inner().put_bytes(large, large_bytes.clone()).await.unwrap();
+        lower
+            .inner()
+            .put_bytes(small, small_bytes.clone())
+            .await
+            .unwrap();
+        upper
+            .inner()
+            .put_bytes(large, large_bytes.clone())
+            .await
+            .unwrap();
         assert_eq!(store.get_bytes(small).await.unwrap(), small_bytes);
         assert_eq!(store.get_bytes(large).await.unwrap(), large_bytes);
         // The same blobs in the wrong tier are not found.
@@ -283,14 +297,21 @@ mod tests {
         let (lower, upper, store) = setup(4);
         let err = store.put_bytes("name", "v".into()).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert_eq!(store.get_bytes("name").await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            store.get_bytes("name").await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
         let mut out = [None, None];
         let err = store
             .has_many(&[Digest::of(b"x").into(), "name".into()], &mut out)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert_eq!(lower.has_calls() + upper.has_calls(), 0, "no child was asked");
+        assert_eq!(
+            lower.has_calls() + upper.has_calls(),
+            0,
+            "no child was asked"
+        );
         assert!(lower.inner().is_empty() && upper.inner().is_empty());
     }
 

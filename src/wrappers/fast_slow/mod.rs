@@ -172,7 +172,11 @@ impl<F: Store, S: Store> FastSlow<F, S> {
         matches!(key, Key::Digest(_)) || Self::slow_is_noop()
     }
 
-    async fn read(&self, key: Key, range: ByteRange) -> Result<FastSlowReader<F::Reader, S::Reader>> {
+    async fn read(
+        &self,
+        key: Key,
+        range: ByteRange,
+    ) -> Result<FastSlowReader<F::Reader, S::Reader>> {
         let digest = match key {
             Key::Digest(d) => Some(d),
             Key::Name(_) if Self::slow_is_noop() => None,
@@ -183,7 +187,9 @@ impl<F: Store, S: Store> FastSlow<F, S> {
         };
         let bypass = self.config.bypass_dedup_threshold_bytes;
         let fills = match digest {
-            Some(d) => self.config.fast_direction.takes_fills() && !(bypass != 0 && d.size() >= bypass),
+            Some(d) => {
+                self.config.fast_direction.takes_fills() && !(bypass != 0 && d.size() >= bypass)
+            }
             None => false,
         };
         for _ in 0..MAX_ATTEMPTS {
@@ -272,11 +278,20 @@ impl<F: Store, S: Store> FastSlow<F, S> {
 }
 
 fn not_in_either(key: Key) -> Error {
-    Error::new(Code::NotFound, "not found in either the fast or the slow store").with_key(key)
+    Error::new(
+        Code::NotFound,
+        "not found in either the fast or the slow store",
+    )
+    .with_key(key)
 }
 
 /// `store.put` with everything owned, to run as its own task.
-async fn put_owned<T: Store>(store: T, key: Key, size: UploadSize, body: ChannelBody) -> Result<u64> {
+async fn put_owned<T: Store>(
+    store: T,
+    key: Key,
+    size: UploadSize,
+    body: ChannelBody,
+) -> Result<u64> {
     store.put(key, size, body).await
 }
 

@@ -151,12 +151,12 @@ where
         loop {
             match this.state {
                 FillState::Reading => {
-                    if let Some(fill) = &mut this.fill {
-                        if ready!(fill.poll_ready(cx)).is_err() {
-                            // The fast put ended early (refused the object): read on for
-                            // the caller only.
-                            this.fill = None;
-                        }
+                    if let Some(fill) = &mut this.fill
+                        && ready!(fill.poll_ready(cx)).is_err()
+                    {
+                        // The fast put ended early (refused the object): read on for the
+                        // caller only.
+                        this.fill = None;
                     }
                     if this.fill.is_none() && this.pos >= this.want.end {
                         // Nothing left for the caller and nothing to fill.
@@ -179,15 +179,16 @@ where
                                 ));
                             }
                             this.pos = end;
-                            if let Some(fill) = &mut this.fill {
-                                if fill.start_send(Some(chunk.clone())).is_err() {
-                                    this.fill = None;
-                                }
+                            if let Some(fill) = &mut this.fill
+                                && fill.start_send(Some(chunk.clone())).is_err()
+                            {
+                                this.fill = None;
                             }
                             let lo = this.want.start.max(start);
                             let hi = this.want.end.min(end);
                             if lo < hi {
-                                let part = chunk.slice((lo - start) as usize..(hi - start) as usize);
+                                let part =
+                                    chunk.slice((lo - start) as usize..(hi - start) as usize);
                                 return Poll::Ready(Some(Ok(part)));
                             }
                         }
@@ -206,11 +207,11 @@ where
                     }
                 }
                 FillState::Ending => {
-                    if let Some(fill) = &mut this.fill {
-                        if ready!(fill.poll_ready(cx)).is_ok() {
-                            // A refused send means the fill already failed; nothing to do.
-                            let _ = fill.start_send(None);
-                        }
+                    if let Some(fill) = &mut this.fill
+                        && ready!(fill.poll_ready(cx)).is_ok()
+                    {
+                        // A refused send means the fill already failed; nothing to do.
+                        let _ = fill.start_send(None);
                     }
                     this.fill = None;
                     this.state = FillState::Waiting;

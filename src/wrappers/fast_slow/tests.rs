@@ -12,7 +12,11 @@ use crate::store::StoreExt;
 use crate::stores::memory::{Memory, MemoryConfig};
 use crate::wrappers::test_util::{Counting, blob};
 
-type Tiers = (Counting<Memory>, Counting<Memory>, FastSlow<Counting<Memory>, Counting<Memory>>);
+type Tiers = (
+    Counting<Memory>,
+    Counting<Memory>,
+    FastSlow<Counting<Memory>, Counting<Memory>>,
+);
 
 fn tiers(config: FastSlowConfig) -> Tiers {
     let fast = Counting::new(Memory::default());
@@ -22,7 +26,10 @@ fn tiers(config: FastSlowConfig) -> Tiers {
 }
 
 fn chunks(data: &Bytes, n: usize) -> impl Body + use<> {
-    let parts: Vec<Result<Bytes>> = data.chunks(n).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let parts: Vec<Result<Bytes>> = data
+        .chunks(n)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     stream::iter(parts)
 }
 
@@ -30,11 +37,18 @@ fn chunks(data: &Bytes, n: usize) -> impl Body + use<> {
 async fn write_large_amount_to_both_stores() {
     let (fast, slow, store) = tiers(Default::default());
     let (d, data) = blob(100_000, 1);
-    let n = store.put(d.into(), UploadSize::Exact(100_000), chunks(&data, 1000)).await.unwrap();
+    let n = store
+        .put(d.into(), UploadSize::Exact(100_000), chunks(&data, 1000))
+        .await
+        .unwrap();
     assert_eq!(n, 100_000);
     assert_eq!(fast.inner().get_bytes(d).await.unwrap(), data);
     assert_eq!(slow.inner().get_bytes(d).await.unwrap(), data);
-    assert_eq!(store.shared.writes_for(&[d.into()]).len(), 0, "no write left in flight");
+    assert_eq!(
+        store.shared.writes_for(&[d.into()]).len(),
+        0,
+        "no write left in flight"
+    );
 }
 
 #[tokio::test]
@@ -43,7 +57,11 @@ async fn fetch_slow_store_puts_in_fast_store() {
     let (d, data) = blob(1000, 2);
     slow.inner().put_bytes(d, data.clone()).await.unwrap();
     assert_eq!(store.get_bytes(d).await.unwrap(), data);
-    assert_eq!(fast.inner().get_bytes(d).await.unwrap(), data, "filled before the caller's end");
+    assert_eq!(
+        fast.inner().get_bytes(d).await.unwrap(),
+        data,
+        "filled before the caller's end"
+    );
     assert_eq!(store.get_bytes(d).await.unwrap(), data);
     assert_eq!(slow.get_calls(), 1, "the second read was a fast hit");
 }
@@ -55,13 +73,19 @@ async fn partial_reads_copy_full_to_fast_store() {
     let store2 = FastSlow::new(fast.clone(), slow_chunked, Default::default());
     let (d, data) = blob(100, 3);
     slow.inner().put_bytes(d, data.clone()).await.unwrap();
-    let part = store2.get_range_bytes(d, ByteRange::new(10, Some(25))).await.unwrap();
+    let part = store2
+        .get_range_bytes(d, ByteRange::new(10, Some(25)))
+        .await
+        .unwrap();
     assert_eq!(part, data.slice(10..35));
     assert_eq!(fast.inner().get_bytes(d).await.unwrap(), data);
     // Out of range is an error before anything is read or filled.
     let (d2, data2) = blob(10, 4);
     slow.inner().put_bytes(d2, data2).await.unwrap();
-    let err = store.get_range_bytes(d2, ByteRange::from_offset(11)).await.unwrap_err();
+    let err = store
+        .get_range_bytes(d2, ByteRange::from_offset(11))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert_eq!(fast.inner().has(d2).await.unwrap(), None);
     assert_eq!(store.shared.flights(), 0);
@@ -110,12 +134,24 @@ async fn direction_matrix() {
         let (fast, slow, store) = tiers(config);
         let (d, data) = blob(50, i as u8);
         store.put_bytes(d, data.clone()).await.unwrap();
-        assert_eq!(fast.inner().has(d).await.unwrap().is_some(), put_fast, "{fd:?}/{sd:?} put fast");
-        assert_eq!(slow.inner().has(d).await.unwrap().is_some(), put_slow, "{fd:?}/{sd:?} put slow");
+        assert_eq!(
+            fast.inner().has(d).await.unwrap().is_some(),
+            put_fast,
+            "{fd:?}/{sd:?} put fast"
+        );
+        assert_eq!(
+            slow.inner().has(d).await.unwrap().is_some(),
+            put_slow,
+            "{fd:?}/{sd:?} put slow"
+        );
         let (d2, data2) = blob(60, i as u8);
         slow.inner().put_bytes(d2, data2.clone()).await.unwrap();
         assert_eq!(store.get_bytes(d2).await.unwrap(), data2);
-        assert_eq!(fast.inner().has(d2).await.unwrap().is_some(), fills, "{fd:?}/{sd:?} fill");
+        assert_eq!(
+            fast.inner().has(d2).await.unwrap().is_some(),
+            fills,
+            "{fd:?}/{sd:?} fill"
+        );
         // Reads from fast happen whatever its direction.
         let (d3, data3) = blob(70, i as u8);
         fast.inner().put_bytes(d3, data3.clone()).await.unwrap();
@@ -127,7 +163,9 @@ async fn direction_matrix() {
 async fn twenty_concurrent_misses_share_one_slow_read() {
     let gate = Arc::new(Semaphore::new(0));
     let fast = Counting::new(Memory::default());
-    let slow = Counting::new(Memory::default()).chunked(100).gated(gate.clone());
+    let slow = Counting::new(Memory::default())
+        .chunked(100)
+        .gated(gate.clone());
     let store = FastSlow::new(fast.clone(), slow.clone(), Default::default());
     let (d, data) = blob(1000, 7);
     slow.inner().put_bytes(d, data.clone()).await.unwrap();
@@ -145,8 +183,16 @@ async fn twenty_concurrent_misses_share_one_slow_read() {
     for reader in readers {
         assert_eq!(reader.await.unwrap().unwrap(), data);
     }
-    assert_eq!(slow.get_calls(), 1, "one slow read for 20 concurrent misses");
-    assert_eq!(fast.get_calls(), 20 + 19, "each reader tried fast; followers tried again");
+    assert_eq!(
+        slow.get_calls(),
+        1,
+        "one slow read for 20 concurrent misses"
+    );
+    assert_eq!(
+        fast.get_calls(),
+        20 + 19,
+        "each reader tried fast; followers tried again"
+    );
     assert_eq!(store.shared.flights(), 0);
 }
 
@@ -161,7 +207,10 @@ async fn concurrent_reads_bypass_single_flight_at_and_above_the_threshold() {
     };
     let store = FastSlow::new(fast.clone(), slow.clone(), config);
     let (huge, huge_data) = blob(100, 8);
-    slow.inner().put_bytes(huge, huge_data.clone()).await.unwrap();
+    slow.inner()
+        .put_bytes(huge, huge_data.clone())
+        .await
+        .unwrap();
     let mut readers = Vec::new();
     for _ in 0..5 {
         let store = store.clone();
@@ -174,11 +223,18 @@ async fn concurrent_reads_bypass_single_flight_at_and_above_the_threshold() {
     for reader in readers {
         assert_eq!(reader.await.unwrap().unwrap(), huge_data);
     }
-    assert_eq!(slow.get_calls(), 5, "size == threshold bypasses (inclusive)");
+    assert_eq!(
+        slow.get_calls(),
+        5,
+        "size == threshold bypasses (inclusive)"
+    );
     assert!(fast.inner().is_empty(), "a bypassed read does not fill");
     // Just below the threshold: shared and filled.
     let (small, small_data) = blob(99, 8);
-    slow.inner().put_bytes(small, small_data.clone()).await.unwrap();
+    slow.inner()
+        .put_bytes(small, small_data.clone())
+        .await
+        .unwrap();
     assert_eq!(store.get_bytes(small).await.unwrap(), small_data);
     assert_eq!(fast.inner().has(small).await.unwrap(), Some(99));
 }
@@ -252,14 +308,20 @@ async fn the_fill_body_aborts_without_its_end_marker() {
     tx.try_send(Some(Bytes::from("part"))).unwrap();
     drop(tx);
     assert_eq!(body.next().await.unwrap().unwrap(), "part");
-    assert_eq!(body.next().await.unwrap().unwrap_err().code(), Code::Aborted);
+    assert_eq!(
+        body.next().await.unwrap().unwrap_err().code(),
+        Code::Aborted
+    );
     assert!(body.next().await.is_none());
     let fast = Memory::default();
     let (tx, body) = chunk_channel(4);
     let mut tx = tx;
     tx.try_send(Some(Bytes::from("part"))).unwrap();
     drop(tx);
-    let err = fast.put("k".into(), UploadSize::AtMost(100), body).await.unwrap_err();
+    let err = fast
+        .put("k".into(), UploadSize::AtMost(100), body)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     assert!(fast.is_empty());
 }
@@ -303,7 +365,10 @@ async fn not_in_either_tier_is_not_found() {
     let err = store.get_bytes(d).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.key(), Some(&Key::from(d)));
-    assert_eq!(store.get_bytes("no such name").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        store.get_bytes("no such name").await.unwrap_err().code(),
+        Code::NotFound
+    );
     assert_eq!(store.shared.flights(), 0);
 }
 
@@ -311,12 +376,24 @@ async fn not_in_either_tier_is_not_found() {
 async fn name_keys_live_in_the_slow_tier_only() {
     let (fast, slow, store) = tiers(Default::default());
     store.put_bytes("ac/1", "value".into()).await.unwrap();
-    assert_eq!(store.get_range_bytes("ac/1", ByteRange::new(1, Some(3))).await.unwrap(), "alu");
+    assert_eq!(
+        store
+            .get_range_bytes("ac/1", ByteRange::new(1, Some(3)))
+            .await
+            .unwrap(),
+        "alu"
+    );
     assert_eq!(slow.inner().get_bytes("ac/1").await.unwrap(), "value");
-    assert!(fast.inner().is_empty(), "neither the put nor the read wrote fast");
+    assert!(
+        fast.inner().is_empty(),
+        "neither the put nor the read wrote fast"
+    );
     assert_eq!(fast.get_calls() + fast.put_calls(), 0);
     // A stale fast copy (planted) is never served.
-    fast.inner().put_bytes("ac/1", "stale".into()).await.unwrap();
+    fast.inner()
+        .put_bytes("ac/1", "stale".into())
+        .await
+        .unwrap();
     store.put_bytes("ac/1", "fresh".into()).await.unwrap();
     assert_eq!(store.get_bytes("ac/1").await.unwrap(), "fresh");
     // With a Noop slow tier the fast tier is the store, names included.
@@ -335,7 +412,10 @@ async fn a_slow_copy_of_the_wrong_length_is_data_loss_and_not_filled() {
     assert_eq!(err.code(), Code::DataLoss);
     let (d2, _) = blob(4, 14);
     slow.inner().put_bytes(d2, "five!".into()).await.unwrap();
-    assert_eq!(store.get_bytes(d2).await.unwrap_err().code(), Code::DataLoss);
+    assert_eq!(
+        store.get_bytes(d2).await.unwrap_err().code(),
+        Code::DataLoss
+    );
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -381,7 +461,10 @@ async fn put_fails_if_the_slow_tier_fails_and_on_a_bad_body_stores_nothing() {
         Ok(data2.slice(0..20)),
         Err(Error::new(Code::Aborted, "client went away")),
     ]);
-    let err = store.put(d2.into(), UploadSize::Exact(50), body).await.unwrap_err();
+    let err = store
+        .put(d2.into(), UploadSize::Exact(50), body)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     assert!(err.message().contains("client went away"), "{err}");
     assert_eq!(fast.has(d2).await.unwrap(), None);
@@ -447,7 +530,11 @@ async fn mixed_key_sources_in_one_batch() {
     let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
     let writer = tokio::spawn({
         let store = store.clone();
-        async move { store.put(in_flight.into(), UploadSize::Exact(20), body_rx).await }
+        async move {
+            store
+                .put(in_flight.into(), UploadSize::Exact(20), body_rx)
+                .await
+        }
     });
     while store.shared.writes_for(&[in_flight.into()]).is_empty() {
         tokio::task::yield_now().await;
@@ -455,7 +542,12 @@ async fn mixed_key_sources_in_one_batch() {
     let checker = tokio::spawn({
         let store = store.clone();
         async move {
-            let keys = [in_slow.into(), in_flight.into(), in_fast.into(), absent.into()];
+            let keys = [
+                in_slow.into(),
+                in_flight.into(),
+                in_fast.into(),
+                absent.into(),
+            ];
             let mut out = [None; 4];
             store.has_many(&keys, &mut out).await.map(|()| out)
         }
@@ -466,7 +558,10 @@ async fn mixed_key_sources_in_one_batch() {
     body_tx.try_send(Ok(b)).unwrap();
     drop(body_tx);
     writer.await.unwrap().unwrap();
-    assert_eq!(checker.await.unwrap().unwrap(), [Some(10), Some(20), None, None]);
+    assert_eq!(
+        checker.await.unwrap().unwrap(),
+        [Some(10), Some(20), None, None]
+    );
 }
 
 #[tokio::test]
@@ -484,7 +579,9 @@ async fn removals_of_both_tiers_reach_listeners() {
 
 #[test]
 fn empty_blob_is_read_from_fast() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (_, slow, store) = tiers(Default::default());
         assert_eq!(store.get_bytes(Digest::EMPTY).await.unwrap(), "");

@@ -309,7 +309,10 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        let err = store.put(d.into(), UploadSize::Exact(100), body).await.unwrap_err();
+        let err = store
+            .put(d.into(), UploadSize::Exact(100), body)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(inner.is_empty());
     }
@@ -330,14 +333,22 @@ mod tests {
     async fn size_check_refuses_impossible_declared_sizes_before_reading() {
         let (inner, store) = verify(VerifyConfig::default());
         let d = Digest::of(b"123");
-        for size in [UploadSize::Exact(4), UploadSize::Exact(2), UploadSize::AtMost(2)] {
+        for size in [
+            UploadSize::Exact(4),
+            UploadSize::Exact(2),
+            UploadSize::AtMost(2),
+        ] {
             let unread = stream::iter(vec![Err(Error::new(Code::Internal, "body was read"))]);
             let err = store.put(d.into(), size, unread).await.unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{size:?}");
         }
         assert!(inner.is_empty());
         store
-            .put(d.into(), UploadSize::AtMost(10), OneChunk::new("123".into()))
+            .put(
+                d.into(),
+                UploadSize::AtMost(10),
+                OneChunk::new("123".into()),
+            )
             .await
             .unwrap();
         assert_eq!(inner.has(d).await.unwrap(), Some(3));
@@ -352,7 +363,10 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        store.put(d.into(), UploadSize::AtMost(64), body).await.unwrap();
+        store
+            .put(d.into(), UploadSize::AtMost(64), body)
+            .await
+            .unwrap();
         assert_eq!(inner.get_bytes(d).await.unwrap(), data);
     }
 
@@ -370,7 +384,10 @@ mod tests {
             Ok(Bytes::from("34")),
             Err(Error::new(Code::Internal, "read past the point of failure")),
         ]);
-        let err = store.put(d.into(), UploadSize::AtMost(6), body).await.unwrap_err();
+        let err = store
+            .put(d.into(), UploadSize::AtMost(6), body)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.to_string().contains("more bytes"), "{err}");
         assert!(inner.is_empty());
@@ -399,8 +416,14 @@ mod tests {
             store.put_bytes("n", "v".into()).await.unwrap_err().code(),
             Code::InvalidArgument
         );
-        assert_eq!(store.get_bytes("n").await.unwrap_err().code(), Code::InvalidArgument);
-        assert_eq!(store.has("n").await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            store.get_bytes("n").await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            store.has("n").await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
         assert_eq!(inner.has_calls() + inner.get_calls() + inner.put_calls(), 0);
     }
 
@@ -434,7 +457,10 @@ mod tests {
         assert_eq!(checking.get_bytes(good).await.unwrap(), data);
         let short = Digest::new(*good.hash(), 11);
         inner.put_bytes(short, data).await.unwrap();
-        assert_eq!(checking.get_bytes(short).await.unwrap_err().code(), Code::DataLoss);
+        assert_eq!(
+            checking.get_bytes(short).await.unwrap_err().code(),
+            Code::DataLoss
+        );
     }
 
     #[tokio::test]
