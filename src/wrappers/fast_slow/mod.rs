@@ -227,7 +227,10 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     ) -> Result<FastSlowReader<F::Reader, S::Reader>> {
         let key = Key::Digest(digest);
         let size = digest.size();
-        let want = range.resolve(size).map_err(|e| e.with_key(digest))?;
+        let want = match range.resolve(size) {
+            Ok(want) => want,
+            Err(e) => return Err(e.with_key(digest)),
+        };
         let reader = match self.slow.get(key.clone(), ByteRange::FULL).await {
             Ok(reader) => reader,
             Err(e) if e.code() == Code::NotFound => return Err(not_in_either(key)),
