@@ -6,10 +6,15 @@
 //! The hot paths are ready at once, so they run without an executor (`now_or_never`): the
 //! comparison is of the stores, not of a runtime.
 //!
+//! On a shared, loaded machine criterion's sequential runs drift by 2x between functions, so
+//! the bench also prints an interleaved ratio table: every round times a batch of each store
+//! in turn, and the fastest batch of each is kept (noise only ever adds time).
+//!
 //! Run: `cargo bench --bench wrappers -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::mem::size_of_val;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use casstack::{
@@ -95,8 +100,90 @@ fn print_future_sizes() {
     );
 }
 
+/// The fastest of `rounds` batches of `batch` operations, per store, interleaved; in ns/op.
+fn interleaved(rounds: usize, batch: usize, ops: &mut [(&str, &mut dyn FnMut(usize))]) -> Vec<f64> {
+    let mut best = vec![Duration::MAX; ops.len()];
+    for _ in 0..rounds {
+        for ((_, op), best) in ops.iter_mut().zip(best.iter_mut()) {
+            let start = Instant::now();
+            for i in 0..batch {
+                op(i % KEYS);
+            }
+            *best = (*best).min(start.elapsed());
+        }
+    }
+    best.iter()
+        .map(|d| d.as_nanos() as f64 / batch as f64)
+        .collect()
+}
+
+fn print_ratios(title: &str, ops: &mut [(&str, &mut dyn FnMut(usize))]) {
+    let ns = interleaved(200, 2000, ops);
+    eprintln!("{title} (interleaved, best of 200 batches of 2000):");
+    for ((name, _), t) in ops.iter().zip(&ns) {
+        eprintln!("  {t:>7.1} ns/op  {:>5.2}x  {name}", t / ns[0]);
+    }
+}
+
+fn ratio_tables() {
+    let blobs = blobs();
+    let memory = Memory::default();
+    fill(&memory, &blobs);
+    let verify = Verify::new(memory.clone(), VerifyConfig::OFF);
+    let cache = ExistenceCache::new(memory.clone(), Default::default());
+    let fast_slow = FastSlow::new(Memory::default(), Memory::default(), Default::default());
+    fill(&fast_slow, &blobs);
+    let stacked = stack();
+    fill(&stacked, &blobs);
+    let boxed = BoxStore::new(stacked.clone());
+    let boxed_memory = BoxStore::new(memory.clone());
+    print_ratios(
+        "get 1KiB",
+        &mut [
+            ("Memory", &mut |i| drop(black_box(get(&memory, blobs[i].0)))),
+            ("Verify<Memory>", &mut |i| {
+                drop(black_box(get(&verify, blobs[i].0)))
+            }),
+            ("ExistenceCache<Memory>", &mut |i| {
+                drop(black_box(get(&cache, blobs[i].0)))
+            }),
+            ("FastSlow<Memory, Memory>", &mut |i| {
+                drop(black_box(get(&fast_slow, blobs[i].0)))
+            }),
+            (
+                "Verify<ExistenceCache<FastSlow<Memory, Memory>>>",
+                &mut |i| drop(black_box(get(&stacked, blobs[i].0))),
+            ),
+            ("BoxStore<same stack>", &mut |i| {
+                drop(black_box(get(&boxed, blobs[i].0)))
+            }),
+            ("BoxStore<Memory>", &mut |i| {
+                drop(black_box(get(&boxed_memory, blobs[i].0)))
+            }),
+        ],
+    );
+    print_ratios(
+        "has 1 key",
+        &mut [
+            ("Memory", &mut |i| {
+                black_box(has(&memory, blobs[i].0));
+            }),
+            (
+                "Verify<ExistenceCache<FastSlow<Memory, Memory>>>",
+                &mut |i| {
+                    black_box(has(&stacked, blobs[i].0));
+                },
+            ),
+            ("BoxStore<same stack>", &mut |i| {
+                black_box(has(&boxed, blobs[i].0));
+            }),
+        ],
+    );
+}
+
 fn hot_paths(c: &mut Criterion) {
     print_future_sizes();
+    ratio_tables();
     let blobs = blobs();
     let memory = Memory::default();
     fill(&memory, &blobs);

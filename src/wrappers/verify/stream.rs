@@ -37,12 +37,61 @@ use crate::key::Digest;
 pub struct VerifyStream<B> {
     #[pin]
     inner: B,
+    /// Boxed: a stream that checks nothing is one word larger than its inner stream (the
+    /// check state is over 150 bytes, and only streams that hash everything need it).
+    check: Option<Box<Check>>,
+    done: bool,
+}
+
+struct Check {
     expected: Digest,
     hasher: Option<Sha256>,
     check_size: bool,
     seen: u64,
     code: Code,
-    done: bool,
+}
+
+impl Check {
+    /// Accounts for a chunk; the error if it makes the stream too long.
+    fn chunk(&mut self, chunk: &[u8]) -> Result<()> {
+        self.seen += chunk.len() as u64;
+        if self.check_size && self.seen > self.expected.size() {
+            return Err(self.error(format!(
+                "more bytes than the digest's size {}: {} so far",
+                self.expected.size(),
+                self.seen
+            )));
+        }
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(chunk);
+        }
+        Ok(())
+    }
+
+    /// The verdict at the end of the stream.
+    fn end(&mut self) -> Result<()> {
+        if self.check_size && self.seen != self.expected.size() {
+            return Err(self.error(format!(
+                "{} bytes, but the digest says {}",
+                self.seen,
+                self.expected.size()
+            )));
+        }
+        if let Some(hasher) = self.hasher.take() {
+            let hash: [u8; 32] = hasher.finalize().into();
+            if &hash != self.expected.hash() {
+                return Err(self.error(format!(
+                    "sha256 mismatch: the data hashes to {}",
+                    Digest::new(hash, self.seen)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::new(self.code, message).with_key(self.expected)
+    }
 }
 
 impl<B> VerifyStream<B> {
@@ -55,13 +104,24 @@ impl<B> VerifyStream<B> {
     /// # let _ = s;
     /// ```
     pub fn new(inner: B, expected: Digest, check_size: bool, check_hash: bool, code: Code) -> Self {
+        let check = if check_size || check_hash {
+            Some(Box::new(Check {
+                expected,
+                hasher: if check_hash {
+                    Some(Sha256::new())
+                } else {
+                    None
+                },
+                check_size,
+                seen: 0,
+                code,
+            }))
+        } else {
+            None
+        };
         VerifyStream {
             inner,
-            expected,
-            hasher: check_hash.then(Sha256::new),
-            check_size,
-            seen: 0,
-            code,
+            check,
             done: false,
         }
     }
@@ -74,7 +134,11 @@ impl<B> VerifyStream<B> {
     /// # let _ = s;
     /// ```
     pub fn unchecked(inner: B) -> Self {
-        VerifyStream::new(inner, Digest::EMPTY, false, false, Code::Internal)
+        VerifyStream {
+            inner,
+            check: None,
+            done: false,
+        }
     }
 }
 
@@ -90,72 +154,42 @@ where
             return Poll::Ready(None);
         }
         let item = ready!(this.inner.poll_next(cx));
-        let failure = match item {
-            Some(Ok(chunk)) => {
-                *this.seen += chunk.len() as u64;
-                if *this.check_size && *this.seen > this.expected.size() {
-                    Error::new(
-                        *this.code,
-                        format!(
-                            "more bytes than the digest's size {}: {} so far",
-                            this.expected.size(),
-                            this.seen
-                        ),
-                    )
-                } else {
-                    if let Some(hasher) = this.hasher {
-                        hasher.update(&chunk);
-                    }
-                    return Poll::Ready(Some(Ok(chunk)));
+        let verdict = match (item, this.check.as_deref_mut()) {
+            (Some(Ok(chunk)), Some(check)) => match check.chunk(&chunk) {
+                Ok(()) => return Poll::Ready(Some(Ok(chunk))),
+                Err(e) => e,
+            },
+            (Some(Ok(chunk)), None) => return Poll::Ready(Some(Ok(chunk))),
+            (Some(Err(e)), _) => e,
+            (None, Some(check)) => match check.end() {
+                Ok(()) => {
+                    *this.done = true;
+                    return Poll::Ready(None);
                 }
-            }
-            Some(Err(e)) => {
+                Err(e) => e,
+            },
+            (None, None) => {
                 *this.done = true;
-                return Poll::Ready(Some(Err(e)));
-            }
-            None => {
-                *this.done = true;
-                if *this.check_size && *this.seen != this.expected.size() {
-                    Error::new(
-                        *this.code,
-                        format!(
-                            "{} bytes, but the digest says {}",
-                            this.seen,
-                            this.expected.size()
-                        ),
-                    )
-                } else {
-                    match this.hasher.take() {
-                        Some(hasher) => {
-                            let hash: [u8; 32] = hasher.finalize().into();
-                            if &hash == this.expected.hash() {
-                                return Poll::Ready(None);
-                            }
-                            Error::new(
-                                *this.code,
-                                format!(
-                                    "sha256 mismatch: the data hashes to {}",
-                                    Digest::new(hash, *this.seen)
-                                ),
-                            )
-                        }
-                        None => return Poll::Ready(None),
-                    }
-                }
+                return Poll::Ready(None);
             }
         };
+        // After an error (the inner stream's or a failed check) the stream is over.
         *this.done = true;
-        Poll::Ready(Some(Err(failure.with_key(*this.expected))))
+        Poll::Ready(Some(Err(verdict)))
     }
 }
 
 impl<B> fmt::Debug for VerifyStream<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyStream")
-            .field("expected", &self.expected)
-            .field("check_hash", &self.hasher.is_some())
-            .field("check_size", &self.check_size)
-            .field("seen", &self.seen)
-            .finish()
+        match &self.check {
+            Some(check) => f
+                .debug_struct("VerifyStream")
+                .field("expected", &check.expected)
+                .field("check_hash", &check.hasher.is_some())
+                .field("check_size", &check.check_size)
+                .field("seen", &check.seen)
+                .finish(),
+            None => f.debug_struct("VerifyStream").finish_non_exhaustive(),
+        }
     }
 }
