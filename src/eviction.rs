@@ -52,11 +52,14 @@ use crate::store::RemovalListener;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvictionPolicy {
-    /// Evict once the total size is at or above this many bytes.
+    /// Evict once the total size is at or above this many bytes (`"1gib"` in a layout).
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub max_bytes: u64,
     /// Once evicting for size, go on down to `max_bytes - evict_bytes` (the low watermark).
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub evict_bytes: u64,
-    /// Evict entries not used for more than this many seconds.
+    /// Evict entries not used for more than this many seconds (`"7d"` in a layout).
+    #[serde(deserialize_with = "crate::spec::seconds")]
     pub max_seconds: u64,
     /// Evict while there are more than this many entries.
     pub max_count: u64,

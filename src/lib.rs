@@ -28,17 +28,27 @@
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
 //! | [`BoxStore`] | any store behind one pointer | always |
+//!
+//! ## Wrappers
+//!
+//! | wrapper | what it does | feature |
+//! |---|---|---|
 //! | [`FastSlow`] | fast tier in front of a slow one; reads fill fast, single flight | always |
 //! | [`SizePartition`] | small digests to one store, large to another | always |
 //! | [`Verify`] | size and sha256 checks on upload, optionally on read | always |
 //! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals | always |
 //! | [`Shard`] | weighted rendezvous hashing over stores of one type | always |
 //! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
+//! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
+//! | `Dedup` | content-defined chunking (FastCDC): chunks stored once by sha256, a chunk list per key | `dedup` |
 //!
 //! # Features
 //!
 //! | feature | what it adds | cost |
 //! |---|---|---|
+//! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
+//! | `dedup` | `Dedup` | fastcdc, crc32fast |
+//! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -60,6 +70,7 @@ mod boxed;
 mod error;
 mod eviction;
 mod key;
+pub mod spec;
 mod store;
 pub mod stores;
 pub mod wrappers;
@@ -67,6 +78,19 @@ pub mod wrappers;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+
+/// Expands a TOML layout into the matching store type at build time (feature `macros`).
+///
+/// ```
+/// casstack::layout!(type Cache = inline r#"
+/// [boxed.memory.eviction_policy]
+/// max_bytes = "1gib"
+/// "#);
+/// let _: Option<Cache> = None::<casstack::BoxStore>;
+/// ```
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use casstack_macros::layout;
 
 /// The README's examples are compiled and run as doctests.
 #[cfg(doctest)]
@@ -78,9 +102,14 @@ pub use boxed::BoxStore;
 pub use error::{Code, Error, Result, ResultExt};
 pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
+pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
+#[cfg(feature = "zstd")]
+pub use wrappers::compress::{Compress, CompressConfig};
+#[cfg(feature = "dedup")]
+pub use wrappers::dedup::{Dedup, DedupConfig};
 pub use wrappers::{
     ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
     SizePartition, SizePartitionConfig, StoreDirection, Verify, VerifyConfig,

@@ -16,7 +16,15 @@
 //! | [`ExistenceCache`] | remembers which digests the backend has, to answer `has` without asking |
 //! | [`Shard`] | spreads keys over several stores by weighted rendezvous hashing |
 //! | [`Ref`] | a store shared by name between layouts, looked up in a [`Registry`] |
+//! | `Compress` | seekable zstd (feature `zstd`) |
+//! | `Dedup` | content-defined chunking (feature `dedup`) |
 
+#[cfg(feature = "zstd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zstd")))]
+pub mod compress;
+#[cfg(feature = "dedup")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
+pub mod dedup;
 pub mod existence_cache;
 pub mod fast_slow;
 pub mod ref_store;
