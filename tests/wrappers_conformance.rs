@@ -158,3 +158,64 @@ fn deep_stack_conforms() {
         )
     });
 }
+
+mod faults {
+    use casstack::testing::{Fault, Faulty, Operation};
+    use casstack::{Code, Digest, FastSlow, Memory, StoreExt};
+
+    fn blob() -> (Digest, bytes::Bytes) {
+        let data = bytes::Bytes::from(vec![5u8; 4096]);
+        (Digest::of(&data), data)
+    }
+
+    #[tokio::test]
+    async fn a_slow_read_cut_midway_fails_and_fills_nothing() {
+        let fast = Memory::default();
+        let slow = Faulty::new(Memory::default());
+        let store = FastSlow::new(fast.clone(), slow.clone(), Default::default());
+        let (d, data) = blob();
+        slow.get_ref().put_bytes(d, data.clone()).await.unwrap();
+        slow.inject(Operation::Get, Fault::CutAfter(1000), 1);
+        let err = store.get_bytes(d).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            fast.is_empty(),
+            "a cut read leaves no partial entry in fast"
+        );
+        // The next read succeeds and fills.
+        assert_eq!(store.get_bytes(d).await.unwrap(), data);
+        assert_eq!(fast.has(d).await.unwrap(), Some(4096));
+    }
+
+    #[tokio::test]
+    async fn a_failing_tier_fails_the_put_and_the_other_tier_is_still_written() {
+        let fast = Faulty::new(Memory::default());
+        let slow = Memory::default();
+        let store = FastSlow::new(fast.clone(), slow.clone(), Default::default());
+        let (d, data) = blob();
+        fast.inject(Operation::Put, Fault::Fail(Code::Unavailable), 1);
+        let err = store.put_bytes(d, data.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(
+            slow.has(d).await.unwrap(),
+            Some(4096),
+            "both writes were attempted"
+        );
+        assert_eq!(fast.get_ref().has(d).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_slow_tier_that_stalls_does_not_block_a_fast_hit() {
+        let fast = Memory::default();
+        let slow = Faulty::new(Memory::default());
+        let store = FastSlow::new(fast.clone(), slow.clone(), Default::default());
+        let (d, data) = blob();
+        fast.put_bytes(d, data.clone()).await.unwrap();
+        slow.inject(Operation::Get, Fault::Stall, 1);
+        assert_eq!(store.get_bytes(d).await.unwrap(), data);
+        assert_eq!(slow.calls(Operation::Get), 0);
+    }
+}
