@@ -35,6 +35,12 @@
 //!
 //! | wrapper | what it does | feature |
 //! |---|---|---|
+//! | [`FastSlow`] | fast tier in front of a slow one; reads fill fast, single flight | always |
+//! | [`SizePartition`] | small digests to one store, large to another | always |
+//! | [`Verify`] | size and sha256 checks on upload, optionally on read | always |
+//! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals | always |
+//! | [`Shard`] | weighted rendezvous hashing over stores of one type | always |
+//! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
 //! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
 //! | `Dedup` | content-defined chunking (FastCDC): chunks stored once by sha256, a chunk list per key | `dedup` |
 //!
@@ -116,3 +122,7 @@ pub use stores::s3::{RetryConfig, S3Config, S3Credentials};
 pub use wrappers::compress::{Compress, CompressConfig};
 #[cfg(feature = "dedup")]
 pub use wrappers::dedup::{Dedup, DedupConfig};
+pub use wrappers::{
+    ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
+    SizePartition, SizePartitionConfig, StoreDirection, Verify, VerifyConfig,
+};

@@ -55,3 +55,49 @@ async fn compress_over_a_size_checking_filesystem_fails_loudly_and_stores_nothin
     assert!(err.message().contains("check_digest_sizes"), "{err}");
     assert_eq!(fs.has(digest).await.unwrap(), None);
 }
+
+#[test]
+fn fast_slow_memory_over_filesystem_conforms_across_reopen() {
+    use casstack::{FastSlow, FastSlowConfig, Memory};
+    let dirs = Dirs::new();
+    let open = |config| async move {
+        let slow = Filesystem::open(config).await.unwrap();
+        FastSlow::new(Memory::default(), slow, FastSlowConfig::default())
+    };
+    // A restart loses the memory tier and keeps the filesystem.
+    let reopen = |store: FastSlow<Memory, Filesystem>| async move {
+        let fs = store.slow();
+        let config = casstack::FilesystemConfig::new(
+            fs.content_path().to_str().unwrap(),
+            fs.temp_path().to_str().unwrap(),
+        );
+        drop(store);
+        let slow = Filesystem::open(config).await.unwrap();
+        FastSlow::new(Memory::default(), slow, FastSlowConfig::default())
+    };
+    Conformance::new().check_with_reopen(|| open(dirs.config(EvictionPolicy::default())), reopen);
+}
+
+#[test]
+fn verify_over_compress_over_dedup_conforms() {
+    use casstack::wrappers::dedup::{Dedup, DedupConfig};
+    use casstack::{Memory, Verify, VerifyConfig};
+    let dedup_config = DedupConfig {
+        min_size: 64,
+        normal_size: 256,
+        max_size: 1024,
+        small_blob_threshold: 512,
+        max_concurrent_fetches: 3,
+    };
+    Conformance::new().name_keys(false).check(|| async move {
+        let dedup = Dedup::new(Memory::default(), Memory::default(), dedup_config).unwrap();
+        let compress = Compress::new(dedup, small_frames()).unwrap();
+        Verify::new(
+            compress,
+            VerifyConfig {
+                verify_on_get: true,
+                ..Default::default()
+            },
+        )
+    });
+}
