@@ -6,7 +6,9 @@
 //! reset the connection, stall, or cut (or stall) the response body after some bytes.
 #![allow(dead_code)] // each test uses its own subset
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +26,8 @@ pub enum Action {
     Stall,
     /// Forward, but close the connection after this many bytes of the response body.
     CutBody(usize),
+    /// Forward, with this `Last-Modified` header instead of the server's.
+    LastModified(&'static str),
     /// Forward, but stop sending after this many bytes of the response body (hold the
     /// connection open).
     StallBody(usize),
@@ -52,6 +56,11 @@ pub struct Seen {
 struct Shared {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
+    /// Requests answered: (method, path).
+    done: Mutex<Vec<(String, String)>>,
+    answered: tokio::sync::Notify,
+    /// Per method: requests being handled now, and the most at once.
+    in_flight: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 pub struct Proxy {
@@ -116,6 +125,42 @@ impl Proxy {
             .iter()
             .filter(|s| s.method == method && s.path.contains(path_contains))
             .count()
+    }
+
+    /// Waits (at most 10 s) until `count` requests matching `method` and `path_contains`
+    /// have been answered.
+    pub async fn wait_for(&self, method: &str, path_contains: &str, count: usize) {
+        let answered = |shared: &Shared| {
+            shared
+                .done
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, p)| m == method && p.contains(path_contains))
+                .count()
+        };
+        let wait = async {
+            loop {
+                let notified = self.shared.answered.notified();
+                if answered(&self.shared) >= count {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {count} answered {method} {path_contains} within 10 s"));
+    }
+
+    /// The most `method` requests handled at once.
+    pub fn peak_in_flight(&self, method: &str) -> usize {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap()
+            .get(method)
+            .map_or(0, |(_, peak)| *peak)
     }
 
     pub fn clear_log(&self) {
@@ -190,10 +235,30 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>)
     let action = choose(&shared, &method, &path);
     shared.seen.lock().unwrap().push(Seen {
         method: method.clone(),
-        path,
+        path: path.clone(),
         range: header(&text, "range"),
         action,
     });
+    {
+        let mut in_flight = shared.in_flight.lock().unwrap();
+        let (now, peak) = in_flight.entry(method.clone()).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
+    }
+    respond(client, upstream, &method, &head, &body, action).await;
+    shared.in_flight.lock().unwrap().get_mut(&method).unwrap().0 -= 1;
+    shared.done.lock().unwrap().push((method, path));
+    shared.answered.notify_waiters();
+}
+
+async fn respond(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    method: &str,
+    head: &[u8],
+    body: &[u8],
+    action: Option<Action>,
+) {
     match action {
         Some(Action::Status(status, code)) => {
             let xml = format!(
@@ -211,13 +276,13 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>)
         }
         Some(Action::Reset) => reset(client),
         Some(Action::Stall) => hold(client).await,
-        other => forward(client, upstream, &method, &head, &body, other).await,
+        other => forward(client, upstream, method, head, body, other).await,
     }
 }
 
 /// Closes with a TCP reset (linger 0) instead of a clean close.
 fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+    let _ = stream.set_zero_linger();
     drop(stream);
 }
 
@@ -248,7 +313,22 @@ async fn forward(
     let Some((response_head, mut response_body)) = read_head(&mut server).await else {
         return reset(client);
     };
-    let text = String::from_utf8_lossy(&response_head).to_string();
+    let mut text = String::from_utf8_lossy(&response_head).to_string();
+    let mut response_head = response_head;
+    if let Some(Action::LastModified(date)) = action {
+        text = text
+            .split("\r\n")
+            .map(|line| {
+                if line.to_ascii_lowercase().starts_with("last-modified:") {
+                    format!("Last-Modified: {date}")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        response_head = text.clone().into_bytes();
+    }
     let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let len = if method == "HEAD" || status == 204 || status == 304 {
         Some(0)
