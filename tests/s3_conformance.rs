@@ -32,13 +32,11 @@ fn compress_over_s3_conforms() {
         block_size: 1024,
         ..Default::default()
     };
-    checker().check(|| {
-        let frames = frames.clone();
-        async move { Compress::new(fresh().await, frames).unwrap() }
-    });
+    checker().check(|| async move { Compress::new(fresh().await, frames).unwrap() });
 }
 
 #[test]
 fn memory_over_s3_conforms() {
-    checker().check(|| async { FastSlow::new(Memory::default(), fresh().await, Default::default()) });
+    checker()
+        .check(|| async { FastSlow::new(Memory::default(), fresh().await, Default::default()) });
 }

@@ -25,7 +25,9 @@ fn word(i: u64) -> u64 {
 fn expected(offset: u64, len: usize) -> Vec<u8> {
     let first = offset / 8;
     let words = (offset % 8 + len as u64).div_ceil(8);
-    let bytes: Vec<u8> = (first..first + words).flat_map(|i| word(i).to_le_bytes()).collect();
+    let bytes: Vec<u8> = (first..first + words)
+        .flat_map(|i| word(i).to_le_bytes())
+        .collect();
     let skip = (offset % 8) as usize;
     bytes[skip..skip + len].to_vec()
 }
@@ -80,7 +82,11 @@ async fn a_200_mib_blob_goes_through_with_bounded_memory() {
     store.put_bytes("warm-up", "x".into()).await.unwrap();
 
     let reset = reset_peak();
-    let before = if reset { current_rss_kib() } else { peak_rss_kib() };
+    let before = if reset {
+        current_rss_kib()
+    } else {
+        peak_rss_kib()
+    };
     let start = Instant::now();
     let n = store
         .put("big".into(), UploadSize::Exact(SIZE), Generated { pos: 0 })
@@ -97,7 +103,10 @@ async fn a_200_mib_blob_goes_through_with_bounded_memory() {
     let mut pos = 0u64;
     while let Some(chunk) = reader.next().await {
         let chunk = chunk.unwrap();
-        assert!(chunk[..] == expected(pos, chunk.len())[..], "wrong bytes at {pos}");
+        assert!(
+            chunk[..] == expected(pos, chunk.len())[..],
+            "wrong bytes at {pos}"
+        );
         pos += chunk.len() as u64;
     }
     let get_time = start.elapsed();
@@ -123,6 +132,14 @@ async fn a_200_mib_blob_goes_through_with_bounded_memory() {
     );
     // The parts in flight plus connection buffers; far below the 200 MiB blob.
     let bound_kib = (parts_budget / 1024) * 3;
-    assert!(put_peak - before < bound_kib, "put peak grew by {} KiB", put_peak - before);
-    assert!(get_peak - before < bound_kib, "get peak grew by {} KiB", get_peak - before);
+    assert!(
+        put_peak - before < bound_kib,
+        "put peak grew by {} KiB",
+        put_peak - before
+    );
+    assert!(
+        get_peak - before < bound_kib,
+        "get peak grew by {} KiB",
+        get_peak - before
+    );
 }

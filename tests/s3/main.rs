@@ -74,7 +74,11 @@ async fn put_get_has_and_ranges() {
         (ByteRange::new(1000, Some(3)), Bytes::new()),
         (ByteRange::new(7, Some(0)), Bytes::new()),
     ] {
-        assert_eq!(store.get_range_bytes(d, range).await.unwrap(), want, "{range:?}");
+        assert_eq!(
+            store.get_range_bytes(d, range).await.unwrap(),
+            want,
+            "{range:?}"
+        );
     }
     for range in [ByteRange::from_offset(1001), ByteRange::new(1001, Some(0))] {
         let err = store.get_range_bytes(d, range).await.unwrap_err();
@@ -99,7 +103,12 @@ async fn put_get_has_and_ranges() {
     store.put_bytes("ac/one", "second".into()).await.unwrap();
     assert_eq!(store.get_bytes("ac/one").await.unwrap(), "second");
     // has_many keeps the input order; the empty blob is always there.
-    let keys: Vec<Key> = vec!["nope".into(), d.into(), Digest::EMPTY.into(), "ac/one".into()];
+    let keys: Vec<Key> = vec![
+        "nope".into(),
+        d.into(),
+        Digest::EMPTY.into(),
+        "ac/one".into(),
+    ];
     let mut out = vec![None; 4];
     store.has_many(&keys, &mut out).await.unwrap();
     assert_eq!(out, [None, Some(1000), Some(0), Some(6)]);
@@ -122,7 +131,10 @@ async fn keys_live_under_the_prefix() {
     assert_eq!(bare.get_bytes("cas/k").await.unwrap(), "v");
     assert_eq!(bare.has("k").await.unwrap(), None);
     let long = "x".repeat(1021);
-    let err = prefixed.put_bytes(long.as_str(), "v".into()).await.unwrap_err();
+    let err = prefixed
+        .put_bytes(long.as_str(), "v".into())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let bare_empty = bare.put_bytes("", "v".into()).await.unwrap_err();
     assert_eq!(bare_empty.code(), Code::InvalidArgument);
@@ -134,20 +146,33 @@ async fn range_headers_are_inclusive_and_the_empty_blob_needs_no_request() {
     let data = blob(1000, 2);
     store.put_bytes("k", data.clone()).await.unwrap();
     proxy.clear_log();
-    store.get_range_bytes("k", ByteRange::new(10, Some(5))).await.unwrap();
-    store.get_range_bytes("k", ByteRange::from_offset(990)).await.unwrap();
+    store
+        .get_range_bytes("k", ByteRange::new(10, Some(5)))
+        .await
+        .unwrap();
+    store
+        .get_range_bytes("k", ByteRange::from_offset(990))
+        .await
+        .unwrap();
     store.get_bytes("k").await.unwrap();
     let ranges: Vec<Option<String>> = proxy.seen().into_iter().map(|s| s.range).collect();
     assert_eq!(
         ranges,
-        [Some("bytes=10-14".to_string()), Some("bytes=990-".to_string()), None]
+        [
+            Some("bytes=10-14".to_string()),
+            Some("bytes=990-".to_string()),
+            None
+        ]
     );
     proxy.clear_log();
     assert_eq!(store.get_bytes(Digest::EMPTY).await.unwrap(), "");
     assert_eq!(store.has(Digest::EMPTY).await.unwrap(), Some(0));
     store.put_bytes(Digest::EMPTY, Bytes::new()).await.unwrap();
     assert!(proxy.seen().is_empty(), "{:?}", proxy.seen());
-    let err = store.put_bytes(Digest::EMPTY, "x".into()).await.unwrap_err();
+    let err = store
+        .put_bytes(Digest::EMPTY, "x".into())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -157,7 +182,11 @@ async fn multipart_uploads_and_single_puts_by_size() {
     // Exact size at the threshold: multipart, 5 MiB + 5 MiB + the rest.
     let big = blob(12 * MIB + 123, 3);
     let n = store
-        .put("big".into(), UploadSize::Exact(big.len() as u64), chunked(&big, 300_000))
+        .put(
+            "big".into(),
+            UploadSize::Exact(big.len() as u64),
+            chunked(&big, 300_000),
+        )
         .await
         .unwrap();
     assert_eq!(n, big.len() as u64);
@@ -174,7 +203,11 @@ async fn multipart_uploads_and_single_puts_by_size() {
     proxy.clear_log();
     let small = blob(70_000, 4);
     store
-        .put("small".into(), UploadSize::AtMost(1 << 30), chunked(&small, 10_000))
+        .put(
+            "small".into(),
+            UploadSize::AtMost(1 << 30),
+            chunked(&small, 10_000),
+        )
         .await
         .unwrap();
     assert_eq!(proxy.count("POST", "uploads"), 0);
@@ -182,12 +215,20 @@ async fn multipart_uploads_and_single_puts_by_size() {
     assert_eq!(store.get_bytes("small").await.unwrap(), small);
     // Lies about the size store nothing and leave no upload.
     let err = store
-        .put("liar".into(), UploadSize::Exact(12 * MIB as u64), chunked(&big, MIB))
+        .put(
+            "liar".into(),
+            UploadSize::Exact(12 * MIB as u64),
+            chunked(&big, MIB),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = store
-        .put("liar".into(), UploadSize::AtMost(11 * MIB as u64), chunked(&big, MIB))
+        .put(
+            "liar".into(),
+            UploadSize::AtMost(11 * MIB as u64),
+            chunked(&big, MIB),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -237,7 +278,11 @@ async fn client_errors_are_not_retried() {
     let err = store.put_bytes("k", "other".into()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("HTTP 400 InvalidArgument"), "{err}");
-    assert_eq!(proxy.count("PUT", "/k"), 2, "the first put and the refused one");
+    assert_eq!(
+        proxy.count("PUT", "/k"),
+        2,
+        "the first put and the refused one"
+    );
     assert_eq!(store.get_bytes("k").await.unwrap(), "value");
     // A missing bucket is NotFound, not retried.
     let gone = S3::new(S3Config {
@@ -273,7 +318,11 @@ async fn a_multipart_upload_failing_on_part_3_leaves_nothing() {
         let data = blob(16 * MIB, 5);
         proxy.inject("PUT", "partNumber=3&", 0, 10, action);
         let err = store
-            .put("k".into(), UploadSize::Exact(data.len() as u64), chunked(&data, MIB))
+            .put(
+                "k".into(),
+                UploadSize::Exact(data.len() as u64),
+                chunked(&data, MIB),
+            )
             .await
             .unwrap_err();
         assert!(err.message().contains("part 3"), "{action:?}: {err}");
@@ -292,7 +341,11 @@ async fn a_failing_body_aborts_the_multipart_upload() {
         .collect();
     items.push(Err(casstack::Error::new(Code::Aborted, "client went away")));
     let err = store
-        .put("k".into(), UploadSize::AtMost(1 << 30), futures_util::stream::iter(items))
+        .put(
+            "k".into(),
+            UploadSize::AtMost(1 << 30),
+            futures_util::stream::iter(items),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
@@ -313,7 +366,11 @@ async fn a_dropped_put_aborts_its_multipart_upload() {
     };
     let put = tokio::spawn({
         let store = store.clone();
-        async move { store.put("k".into(), UploadSize::AtMost(1 << 30), body).await }
+        async move {
+            store
+                .put("k".into(), UploadSize::AtMost(1 << 30), body)
+                .await
+        }
     });
     // The body stalls once the first part went out, so the upload exists by then.
     stalled.notified().await;
@@ -361,7 +418,12 @@ async fn a_cut_stream_resumes_with_exactly_the_right_bytes() {
     let resumed_again = format!("bytes={}-{}", MIB + 7 + 100_000, 3 * MIB - 1);
     assert_eq!(
         ranges,
-        [None, Some(resumed), Some(resumed_again.clone()), Some(resumed_again)]
+        [
+            None,
+            Some(resumed),
+            Some(resumed_again.clone()),
+            Some(resumed_again)
+        ]
     );
     // A ranged read resumes inside its range.
     proxy.clear_log();
@@ -452,7 +514,13 @@ async fn expired_objects_are_absent_and_reported() {
     let removed = Arc::new(Mutex::new(Vec::new()));
     let log = removed.clone();
     store.subscribe_removals(Arc::new(move |k: &Key| log.lock().unwrap().push(k.clone())));
-    proxy.inject("HEAD", "/old", 0, 1, Action::LastModified("Wed, 21 Oct 2015 07:28:00 GMT"));
+    proxy.inject(
+        "HEAD",
+        "/old",
+        0,
+        1,
+        Action::LastModified("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
     let mut out = [None, None];
     store
         .has_many(&["old".into(), "new".into()], &mut out)
@@ -474,6 +542,34 @@ async fn errors_and_debug_never_show_the_secret() {
     let store = S3::new(config).unwrap();
     let err = store.put_bytes("k", "v".into()).await.unwrap_err();
     let get = store.get_bytes("k").await.unwrap_err();
-    let shown = format!("{err} {err:#?} {get} {get:#?} {store:?} {:?}", store.config());
+    let shown = format!(
+        "{err} {err:#?} {get} {get:#?} {store:?} {:?}",
+        store.config()
+    );
     assert!(!shown.contains("do-not-print"), "{shown}");
+}
+
+#[tokio::test]
+async fn layouts_build_s3_stores() {
+    let config = server().config();
+    server().fresh_store(config.clone()).await;
+    let toml = format!(
+        "[s3_store]\nbucket = {:?}\nendpoint = {:?}\npart_size = \"5mib\"\n\
+         retry = {{ max_retries = 2, delay = 0.01 }}\n\
+         credentials = {{ static = {{ access_key = \"a\", secret_key = \"s\" }} }}\n",
+        config.bucket,
+        server().endpoint()
+    );
+    let spec = casstack::StoreSpec::from_toml(&toml).unwrap();
+    assert_eq!(spec.kind(), "s3_store");
+    let boxed = casstack::BoxStore::from_spec(&spec).await.unwrap();
+    boxed.put_bytes("via-layout", "v".into()).await.unwrap();
+    let typed = <S3 as casstack::FromSpec>::from_spec(&spec).await.unwrap();
+    assert_eq!(typed.get_bytes("via-layout").await.unwrap(), "v");
+    assert_eq!(typed.config().part_size, 5 << 20);
+    let bad = casstack::StoreSpec::from_toml("s3_store = { region = \"us-east-1\" }").unwrap();
+    let err = casstack::BoxStore::from_spec(&bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("bucket"), "{err}");
+    assert!(casstack::StoreSpec::from_toml("s3_store = { bucket = \"b\", colour = 1 }").is_err());
 }

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -104,7 +104,14 @@ impl Proxy {
     }
 
     /// After `skip` matching requests, applies `action` to the next `times`.
-    pub fn inject(&self, method: &'static str, path_contains: &str, skip: usize, times: usize, action: Action) {
+    pub fn inject(
+        &self,
+        method: &'static str,
+        path_contains: &str,
+        skip: usize,
+        times: usize,
+        action: Action,
+    ) {
         self.shared.rules.lock().unwrap().push(Rule {
             method,
             path_contains: path_contains.to_string(),
@@ -208,7 +215,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn header(head: &str, name: &str) -> Option<String> {
     head.lines().skip(1).find_map(|line| {
         let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
     })
 }
 
@@ -329,7 +338,11 @@ async fn forward(
             .join("\r\n");
         response_head = text.clone().into_bytes();
     }
-    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let len = if method == "HEAD" || status == 204 || status == 304 {
         Some(0)
     } else {
@@ -351,11 +364,15 @@ async fn forward(
     }
     match action {
         Some(Action::CutBody(n)) => {
-            let _ = client.write_all(&response_body[..n.min(response_body.len())]).await;
+            let _ = client
+                .write_all(&response_body[..n.min(response_body.len())])
+                .await;
             let _ = client.shutdown().await;
         }
         Some(Action::StallBody(n)) => {
-            let _ = client.write_all(&response_body[..n.min(response_body.len())]).await;
+            let _ = client
+                .write_all(&response_body[..n.min(response_body.len())])
+                .await;
             let _ = client.flush().await;
             hold(client).await;
         }

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use rusoto_core::credential::{DefaultCredentialsProvider, EnvironmentProvider, ProfileProvider, StaticProvider};
+use rusoto_core::credential::{
+    DefaultCredentialsProvider, EnvironmentProvider, ProfileProvider, StaticProvider,
+};
 use rusoto_core::request::HttpClient;
 use rusoto_core::{ByteStream, Region, RusotoError};
 use rusoto_s3::{
@@ -97,8 +99,8 @@ impl Client {
         let http = HttpClient::from_connector(connector);
         let client = match &config.credentials {
             S3Credentials::Default => {
-                let provider = DefaultCredentialsProvider::new()
-                    .map_err(|e| credentials_error(&e.message))?;
+                let provider =
+                    DefaultCredentialsProvider::new().map_err(|e| credentials_error(&e.message))?;
                 rusoto_core::Client::new_with(provider, http)
             }
             S3Credentials::Environment => {
@@ -142,14 +144,20 @@ impl Client {
             key: key.to_string(),
             ..Default::default()
         };
-        let out = match self.call("HeadObject", self.s3.head_object(request), head_code).await {
+        let out = match self
+            .call("HeadObject", self.s3.head_object(request), head_code)
+            .await
+        {
             Ok(out) => out,
             Err(e) if e.code() == Code::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let size = match out.content_length {
             Some(n) => u64::try_from(n).map_err(|_| {
-                Error::new(Code::Internal, format!("HeadObject: negative Content-Length {n}"))
+                Error::new(
+                    Code::Internal,
+                    format!("HeadObject: negative Content-Length {n}"),
+                )
             })?,
             None => {
                 return Err(Error::new(
@@ -190,12 +198,17 @@ impl Client {
             if_match: if_match.map(str::to_string),
             ..Default::default()
         };
-        let out = self.call("GetObject", self.s3.get_object(request), get_code).await?;
+        let out = self
+            .call("GetObject", self.s3.get_object(request), get_code)
+            .await?;
         let len = out
             .content_length
             .and_then(|n| u64::try_from(n).ok())
             .ok_or_else(|| {
-                Error::new(Code::Unavailable, "GetObject: the response has no Content-Length")
+                Error::new(
+                    Code::Unavailable,
+                    "GetObject: the response has no Content-Length",
+                )
             })?;
         let body = out
             .body
@@ -319,7 +332,10 @@ impl Client {
     }
 
     /// Keys and upload ids of the multipart uploads in progress under `prefix` (first 1000).
-    pub(crate) async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+    pub(crate) async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>> {
         let request = ListMultipartUploadsRequest {
             bucket: self.bucket.clone(),
             prefix: Some(prefix.to_string()),
@@ -347,10 +363,14 @@ impl Client {
             ..Default::default()
         };
         match self
-            .call("CreateBucket", self.s3.create_bucket(request), |e| match e {
-                CreateBucketError::BucketAlreadyOwnedByYou(_) => Code::AlreadyExists,
-                CreateBucketError::BucketAlreadyExists(_) => Code::PermissionDenied,
-            })
+            .call(
+                "CreateBucket",
+                self.s3.create_bucket(request),
+                |e| match e {
+                    CreateBucketError::BucketAlreadyOwnedByYou(_) => Code::AlreadyExists,
+                    CreateBucketError::BucketAlreadyExists(_) => Code::PermissionDenied,
+                },
+            )
             .await
         {
             Err(e) if e.code() == Code::AlreadyExists => Ok(()),
@@ -379,7 +399,10 @@ impl Client {
 /// A body that yields `data` once, without copying it.
 fn byte_stream(data: Bytes) -> ByteStream {
     let len = data.len();
-    ByteStream::new_with_size(futures_util::stream::once(std::future::ready(Ok(data))), len)
+    ByteStream::new_with_size(
+        futures_util::stream::once(std::future::ready(Ok(data))),
+        len,
+    )
 }
 
 /// Reads the next chunk of a response body; `Unavailable` if the connection broke.
@@ -447,7 +470,9 @@ fn map_error<E: fmt::Display>(
         RusotoError::Unknown(response) => {
             http_error(what, response.status.as_u16(), &response.body)
         }
-        RusotoError::Blocking => Error::new(Code::Internal, format!("{what}: blocking call failed")),
+        RusotoError::Blocking => {
+            Error::new(Code::Internal, format!("{what}: blocking call failed"))
+        }
     }
 }
 
@@ -526,7 +551,10 @@ mod tests {
         for (status, body, code) in cases {
             let e = http_error("GetObject", status, body.as_bytes());
             assert_eq!(e.code(), code, "{status} {body}");
-            assert!(e.message().starts_with(&format!("GetObject: HTTP {status}")));
+            assert!(
+                e.message()
+                    .starts_with(&format!("GetObject: HTTP {status}"))
+            );
         }
         let e = http_error("PutObject", 503, body("SlowDown").as_bytes());
         assert_eq!(e.message(), "PutObject: HTTP 503 SlowDown: m");

@@ -3,6 +3,7 @@
 //! Compiled whatever the features, so a lean build still parses every layout.
 
 use std::fmt;
+#[cfg(feature = "s3")]
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,10 @@ pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// The largest part S3 accepts: 5 GiB.
 pub(crate) const MAX_PART_SIZE: u64 = 5 << 30;
 /// The most parts one multipart upload may have.
+#[cfg(feature = "s3")]
 pub(crate) const MAX_PARTS: u64 = 10_000;
 /// The largest object S3 stores: 5 TiB.
+#[cfg(feature = "s3")]
 pub(crate) const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
 /// Settings of an `S3` store.
@@ -159,7 +162,12 @@ impl S3Config {
     /// assert!(c.validate().unwrap_err().message().contains("part_size"));
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::new(Code::InvalidArgument, format!("s3 config: {msg}")));
+        let bad = |msg: String| {
+            Err(Error::new(
+                Code::InvalidArgument,
+                format!("s3 config: {msg}"),
+            ))
+        };
         if self.bucket.is_empty() {
             return bad("`bucket` is required".into());
         }
@@ -198,6 +206,7 @@ impl S3Config {
     }
 
     /// `request_timeout` as a `Duration`.
+    #[cfg(feature = "s3")]
     pub(crate) fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
@@ -261,7 +270,10 @@ impl fmt::Debug for S3Credentials {
                 .debug_struct("Static")
                 .field("access_key", access_key)
                 .field("secret_key", &"<redacted>")
-                .field("session_token", &session_token.as_ref().map(|_| "<redacted>"))
+                .field(
+                    "session_token",
+                    &session_token.as_ref().map(|_| "<redacted>"),
+                )
                 .finish(),
         }
     }

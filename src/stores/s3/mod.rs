@@ -21,7 +21,7 @@
 //!   object and no incomplete upload is left behind. Replacing an object is atomic (S3's own
 //!   guarantee): readers see the old or the new one.
 //! - **get**: one `GetObject` with an inclusive `Range: bytes={offset}-{offset + len - 1}`
-//!   (NativeLink asks for one byte more), streamed by [`S3Stream`], which resumes a broken,
+//!   (NativeLink asks for one byte more), streamed by `S3Stream`, which resumes a broken,
 //!   stalled or short response from the byte it stopped at, pinned to the same object version
 //!   with `If-Match`. The empty blob reads as empty without a request.
 //! - **has_many**: one `HeadObject` per key, at most `max_concurrent_heads` at once; a 404 is
@@ -30,7 +30,7 @@
 //!   delete it; until then `get` still reads it).
 //! - **Retries**: 5xx, `SlowDown` and other throttling, `RequestTimeout`, timeouts, refused or
 //!   reset connections and truncated responses are retried with exponential backoff and jitter
-//!   ([`RetryConfig`](crate::RetryConfig)); other 4xx are never retried. Each request is
+//!   ([`RetryConfig`]); other 4xx are never retried. Each request is
 //!   bounded by `request_timeout`.
 //! - Credentials come from AWS's default chain, the environment, a profile, or the config;
 //!   neither `Debug` nor any error prints a secret.
@@ -69,9 +69,9 @@
 //! read), `ResourceExhausted` (an upload would need more than 10,000 parts), `DataLoss` (the
 //! server sent other than what was asked for).
 
-mod config;
 #[cfg(feature = "s3")]
 mod client;
+mod config;
 #[cfg(feature = "s3")]
 mod retry;
 #[cfg(feature = "s3")]

@@ -89,8 +89,13 @@ mod tests {
         assert_eq!(waits, [1.0, 2.0, 4.0, 8.0]);
         assert_eq!(backoff(&c, 60), MAX_BACKOFF);
         let jittered = config(5, 0.5);
-        let samples: Vec<f64> = (0..200).map(|_| backoff(&jittered, 2).as_secs_f64()).collect();
-        assert!(samples.iter().all(|w| (1.5..2.5).contains(w)), "{samples:?}");
+        let samples: Vec<f64> = (0..200)
+            .map(|_| backoff(&jittered, 2).as_secs_f64())
+            .collect();
+        assert!(
+            samples.iter().all(|w| (1.5..2.5).contains(w)),
+            "{samples:?}"
+        );
         assert!(
             samples.iter().any(|w| *w < 1.9) && samples.iter().any(|w| *w > 2.1),
             "jitter spreads the waits: {samples:?}"
@@ -111,7 +116,11 @@ mod tests {
         .await;
         assert_eq!(out.unwrap(), 7);
         assert_eq!(calls.load(Ordering::Relaxed), 3);
-        assert_eq!(start.elapsed(), Duration::from_secs(3), "waited 1 s then 2 s");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "waited 1 s then 2 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

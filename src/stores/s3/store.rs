@@ -105,7 +105,10 @@ impl S3 {
     /// # Ok(()) }
     /// ```
     pub async fn create_bucket(&self) -> Result<()> {
-        retry(&self.inner.config.retry, || self.inner.client.create_bucket()).await
+        retry(&self.inner.config.retry, || {
+            self.inner.client.create_bucket()
+        })
+        .await
     }
 
     /// The object keys of the multipart uploads in progress under `key_prefix` (at most
@@ -186,7 +189,10 @@ impl S3 {
         // A hand-rolled bounded fan-out: stream combinators with closures over borrowed keys
         // trip the compiler's `Send` inference.
         let max = self.inner.config.max_concurrent_heads;
-        let mut todo = keys.iter().enumerate().filter(|(_, key)| !key.is_empty_blob());
+        let mut todo = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| !key.is_empty_blob());
         let mut heads = FuturesUnordered::new();
         loop {
             while heads.len() < max {
@@ -213,10 +219,11 @@ impl S3 {
         if range.len == Some(0) {
             return self.read_nothing(key, &object, range).await;
         }
-        let last = range
-            .len
-            .map(|len| range.offset.saturating_add(len) - 1);
-        let got = retry(&config.retry, || client.get(&object, range.offset, last, None)).await;
+        let last = range.len.map(|len| range.offset.saturating_add(len) - 1);
+        let got = retry(&config.retry, || {
+            client.get(&object, range.offset, last, None)
+        })
+        .await;
         match got {
             Ok(got) => Ok(S3Stream::new(
                 client.clone(),
@@ -276,9 +283,11 @@ impl S3 {
 
     async fn put_whole(&self, key: &Key, object: &str, data: Bytes) -> Result<()> {
         let client = &self.inner.client;
-        retry(&self.inner.config.retry, || client.put(object, data.clone()))
-            .await
-            .map_err(|e| e.with_key(key.clone()))
+        retry(&self.inner.config.retry, || {
+            client.put(object, data.clone())
+        })
+        .await
+        .map_err(|e| e.with_key(key.clone()))
     }
 
     /// The part size for an upload of `size`: the configured one, raised so an exactly known

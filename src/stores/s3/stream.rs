@@ -126,7 +126,11 @@ impl Reading {
         let object = self.object.clone();
         let etag = self.etag.clone();
         let (start, last) = (self.pos, self.end - 1);
-        Box::pin(async move { client.get(&object, start, Some(last), etag.as_deref()).await })
+        Box::pin(async move {
+            client
+                .get(&object, start, Some(last), etag.as_deref())
+                .await
+        })
     }
 
     fn restart_idle_timer(&mut self) {
@@ -177,10 +181,7 @@ impl Reading {
                         ready!(self.idle.as_mut().poll(cx));
                         let e = Error::new(
                             Code::DeadlineExceeded,
-                            format!(
-                                "GetObject: no data for {:?}",
-                                self.client.timeout()
-                            ),
+                            format!("GetObject: no data for {:?}", self.client.timeout()),
                         );
                         if let Some(e) = self.broke(e) {
                             return Poll::Ready(Some(Err(e)));
@@ -238,7 +239,11 @@ impl Stream for S3Stream {
             Poll::Ready(Some(Err(e))) => {
                 let key = reading.key.clone();
                 self.reading = None;
-                let e = if e.key().is_none() { e.with_key(key) } else { e };
+                let e = if e.key().is_none() {
+                    e.with_key(key)
+                } else {
+                    e
+                };
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
