@@ -573,3 +573,30 @@ async fn layouts_build_s3_stores() {
     assert!(err.message().contains("bucket"), "{err}");
     assert!(casstack::StoreSpec::from_toml("s3_store = { bucket = \"b\", colour = 1 }").is_err());
 }
+
+#[tokio::test]
+async fn a_lost_completion_answer_is_not_a_failure() {
+    let (store, proxy) = proxied(|_| {}).await;
+    let data = blob(11 * MIB, 13);
+    // CompleteMultipartUpload reaches moto, but its answer is cut: the retry finds the upload
+    // gone, and the store checks that the object is there with the right size.
+    proxy.inject("POST", "uploadId=", 0, 1, Action::CutBody(0));
+    let n = store
+        .put(
+            "k".into(),
+            UploadSize::Exact(data.len() as u64),
+            chunked(&data, MIB),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(proxy.count("POST", "uploadId="), 2);
+    assert_eq!(store.get_bytes("k").await.unwrap(), data);
+}
+
+#[cfg(feature = "macros")]
+#[test]
+fn layout_macro_names_the_s3_type() {
+    casstack::layout!(type Cas = inline "s3_store = { bucket = \"cas\" }");
+    let _: Option<Cas> = None::<S3>;
+}

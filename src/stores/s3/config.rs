@@ -76,7 +76,8 @@ pub struct S3Config {
     #[serde(deserialize_with = "crate::spec::bytes")]
     pub multipart_threshold: u64,
     /// Size of each part of a multipart upload (S3's minimum is 5 MiB). Raised when an
-    /// exactly known size would need more than 10,000 parts. Default: 8 MiB.
+    /// exactly known size would need more than 10,000 parts; an upload whose size is only
+    /// bounded doubles it every 800 parts, so it can still reach S3's 5 TiB. Default: 8 MiB.
     #[serde(deserialize_with = "crate::spec::bytes")]
     pub part_size: u64,
     /// How many parts of one upload may be buffered or in flight at once; the memory one

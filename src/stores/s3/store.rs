@@ -21,6 +21,10 @@ use super::config::{MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, S3Config};
 use super::retry::retry;
 use super::stream::S3Stream;
 
+/// An upload doubles its part size after this many parts: 800 parts of 5 MiB, then 800 of
+/// 10 MiB, ... reach S3's 5 TiB object limit within its 10,000 parts.
+const PARTS_PER_GROWTH: u32 = 800;
+
 /// The longest object key S3 accepts, in bytes.
 const MAX_OBJECT_KEY: usize = 1024;
 
@@ -290,11 +294,15 @@ impl S3 {
         .map_err(|e| e.with_key(key.clone()))
     }
 
-    /// The part size for an upload of `size`: the configured one, raised so an exactly known
-    /// (or bounded) size fits in 10,000 parts.
+    /// The first part size for an upload of `size`: the configured one, raised so an exact
+    /// size fits in 10,000 parts. (An upload of a size only bounded starts at the configured
+    /// size and doubles it every 800 parts instead, so it buffers no more than it needs.)
     fn part_size(&self, size: UploadSize) -> u64 {
-        let needed = size.limit().min(MAX_OBJECT_SIZE).div_ceil(MAX_PARTS);
-        self.inner.config.part_size.max(needed).min(MAX_PART_SIZE)
+        let configured = self.inner.config.part_size;
+        match size {
+            UploadSize::Exact(n) => configured.max(n.div_ceil(MAX_PARTS)).min(MAX_PART_SIZE),
+            UploadSize::AtMost(_) => configured,
+        }
     }
 
     async fn put_multipart<B: Body>(
@@ -359,7 +367,7 @@ impl S3 {
                 return Err(Error::new(
                     Code::ResourceExhausted,
                     format!(
-                        "the upload needs more than 10,000 parts of {} bytes",
+                        "the upload needs more than 10,000 parts (the last ones of {} bytes)",
                         parts.part_size
                     ),
                 ));
@@ -375,6 +383,9 @@ impl S3 {
                 .map_err(|e| e.context(format_args!("part {number}")))?;
                 Ok((number, etag))
             });
+            if number.is_multiple_of(PARTS_PER_GROWTH) {
+                parts.part_size = (parts.part_size * 2).min(MAX_PART_SIZE);
+            }
             // At most `max_in_flight` parts in memory: those in flight and the one being read.
             while tasks.len() >= max_in_flight {
                 done.push(joined(tasks.join_next().await)?);
@@ -581,5 +592,90 @@ impl Store for S3 {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stores::s3::config::MIN_PART_SIZE;
+
+    fn body(chunks: &[Bytes]) -> impl Body {
+        futures_util::stream::iter(chunks.iter().cloned().map(Ok).collect::<Vec<_>>())
+    }
+
+    async fn cut(chunks: &[Bytes], size: UploadSize, part: u64) -> Result<Vec<Bytes>> {
+        let mut parts = Parts::new(body(chunks), Key::from("k"), size, part);
+        let mut out = Vec::new();
+        while let Some(p) = parts.next().await? {
+            out.push(p);
+        }
+        assert!(parts.done);
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn parts_are_cut_at_part_size_and_big_chunks_are_sliced() {
+        let big = Bytes::from(vec![7u8; 25]);
+        let parts = cut(std::slice::from_ref(&big), UploadSize::Exact(25), 10)
+            .await
+            .unwrap();
+        let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [10, 10, 5]);
+        assert_eq!(
+            parts[0].as_ptr(),
+            big.as_ptr(),
+            "a chunk covering a part is sliced"
+        );
+        let small: Vec<Bytes> = (0..7u8).map(|i| Bytes::from(vec![i; 3])).collect();
+        let parts = cut(&small, UploadSize::AtMost(100), 10).await.unwrap();
+        let joined: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        let want: Vec<u8> = small.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(joined, want);
+        assert_eq!(
+            parts.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [10, 10, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_one_part_is_done_after_it() {
+        let chunks = [Bytes::from(vec![1u8; 4]), Bytes::from(vec![2u8; 6])];
+        let mut parts = Parts::new(body(&chunks), Key::from("k"), UploadSize::Exact(10), 10);
+        assert_eq!(parts.next().await.unwrap().unwrap().len(), 10);
+        assert!(parts.done, "the end is seen without another call");
+        assert!(parts.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn parts_check_the_declared_size() {
+        let chunks = [Bytes::from(vec![1u8; 30])];
+        let long = cut(&chunks, UploadSize::AtMost(20), 10).await.unwrap_err();
+        assert_eq!(long.code(), Code::InvalidArgument);
+        let short = cut(&chunks, UploadSize::Exact(31), 10).await.unwrap_err();
+        assert_eq!(short.code(), Code::InvalidArgument);
+        assert_eq!(short.key(), Some(&Key::from("k")));
+    }
+
+    #[test]
+    fn part_size_grows_to_fit_ten_thousand_parts() {
+        let store = S3::new(S3Config {
+            credentials: crate::stores::s3::S3Credentials::Environment,
+            part_size: MIN_PART_SIZE,
+            ..S3Config::new("b")
+        })
+        .unwrap();
+        assert_eq!(store.part_size(UploadSize::Exact(1 << 30)), MIN_PART_SIZE);
+        let huge = 100 << 30; // 100 GiB needs parts over 10 MiB
+        assert_eq!(
+            store.part_size(UploadSize::Exact(huge)),
+            huge.div_ceil(10_000)
+        );
+        assert_eq!(store.part_size(UploadSize::AtMost(u64::MAX)), MIN_PART_SIZE);
+        // Doubling every 800 parts from the smallest part reaches 5 TiB in 10,000 parts.
+        let reach: u64 = (0..12)
+            .map(|k| 800 * (MIN_PART_SIZE << k).min(MAX_PART_SIZE))
+            .sum();
+        assert!(reach >= MAX_OBJECT_SIZE, "{reach}");
     }
 }
