@@ -64,11 +64,21 @@ impl S3Server {
         let program = find_moto().unwrap_or_else(|| {
             panic!("moto_server was not found; install it with: {MOTO_INSTALL_HINT}")
         });
-        // The shell starts moto, then waits for its own stdin to close (this process dropped
-        // the server, or died) and stops it.
+        if !program.is_file() {
+            panic!(
+                "moto_server is not at {}; install it with: {MOTO_INSTALL_HINT}",
+                program.display()
+            );
+        }
+        // The shell starts moto (which alone keeps the output pipe open, so its exit is seen
+        // at once), then waits for its own stdin to close (this process dropped the server,
+        // or died) and stops it.
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg("\"$0\" -H 127.0.0.1 -p 0 2>&1 & pid=$!; cat >/dev/null; kill $pid; wait $pid")
+            .arg(
+                "\"$0\" -H 127.0.0.1 -p 0 2>&1 & pid=$!; exec >/dev/null; \
+                 cat >/dev/null; kill $pid; wait $pid",
+            )
             .arg(&program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -102,12 +112,13 @@ impl S3Server {
         let stdin = child.stdin.take();
         let port = match port_rx.recv_timeout(START_TIMEOUT) {
             Ok(port) => port,
+            // Timed out, or moto exited (its output closed) before listening.
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let output = log.lock().unwrap_or_else(PoisonError::into_inner);
                 panic!(
-                    "{} did not start within {START_TIMEOUT:?}; its output:\n{}\n\
+                    "{} exited or did not listen within {START_TIMEOUT:?}; its output:\n{}\n\
                      (reinstall with: {MOTO_INSTALL_HINT})",
                     program.display(),
                     Vec::from(output.clone()).join("\n")
