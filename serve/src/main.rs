@@ -1,0 +1,194 @@
+//! `casstack-serve`: an HTTP build cache speaking bazel-remote's HTTP protocol, built from a
+//! casstack layout. Bazel (`--remote_cache=http://127.0.0.1:8080`) and ccache
+//! (`remote_storage = http://127.0.0.1:8080|layout=bazel`) use it as is.
+//!
+//! `cargo run --release -p casstack-serve -- --help` lists the flags; [`server`] describes the
+//! protocol, [`layout`] the layout file.
+#![forbid(unsafe_code)]
+
+mod body;
+mod cli;
+mod layout;
+mod server;
+mod sizes;
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::io::IsTerminal as _;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use casstack::{BoxStore, Store};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Args, Exit, USAGE};
+use crate::layout::{DEFAULT_LAYOUT, DefaultAc, DefaultCas, Layout};
+use crate::server::Server;
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(Exit::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Exit::Usage(message)) => {
+            eprintln!("casstack-serve: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("casstack-serve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Tasks still running (uploads past the grace period) are dropped here: their stores'
+    // atomic puts leave nothing behind.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("casstack-serve: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the layout's stores and serves them until a shutdown signal.
+async fn run(args: Args) -> Result<(), String> {
+    match &args.layout {
+        None => {
+            // TEMP until main's StoreSpec has fast_slow and filesystem: built by hand.
+            let _ = DEFAULT_LAYOUT;
+            let (cas, ac): (DefaultCas, DefaultAc) = crate::layout::open_default_by_hand(&args.data).await?;
+            serve(cas, ac, "built in (layouts/default.toml)", &args).await
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the layout {}: {e}", path.display()))?;
+            let layout = Layout::parse(&text, &args.data)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let cas = BoxStore::from_spec(&layout.cas)
+                .await
+                .map_err(|e| format!("opening the CAS store: {e}"))?;
+            let ac = BoxStore::from_spec(&layout.ac)
+                .await
+                .map_err(|e| format!("opening the AC store: {e}"))?;
+            serve(cas, ac, &path.display().to_string(), &args).await
+        }
+    }
+}
+
+async fn serve<C, A>(cas: C, ac: A, layout: &str, args: &Args) -> Result<(), String>
+where
+    C: Store + Debug,
+    A: Store + Debug,
+{
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    println!("casstack-serve listening on http://{addr}");
+    println!("layout: {layout}");
+    println!("  cas: {cas:?}");
+    println!("  ac: {ac:?}");
+    println!("data: {}", args.data.display());
+
+    let server = Arc::new(Server::new(cas, ac));
+    let graceful = GracefulShutdown::new();
+    let mut signal = pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let server = server.clone();
+                let service = service_fn(move |request| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(request).await) }
+                });
+                let connection = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection ended with an error: {e}");
+                    }
+                });
+            }
+            () = &mut signal => break,
+        }
+    }
+    drop(listener);
+    let grace = args.grace;
+    println!("shutting down: no new connections; in-flight requests have {grace:?} to finish");
+    tokio::select! {
+        () = graceful.shutdown() => println!("shut down cleanly"),
+        () = tokio::time::sleep(grace) => {
+            println!("shut down: in-flight requests aborted after {grace:?} (their uploads stored nothing)");
+        }
+        () = shutdown_signal() => {
+            println!("shut down: second signal, in-flight requests aborted (their uploads stored nothing)");
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
