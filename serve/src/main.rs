@@ -15,7 +15,6 @@ mod sizes;
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::io::IsTerminal as _;
-use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +103,7 @@ where
     C: Store + Debug,
     A: Store + Debug,
 {
+    let mut signal = ShutdownSignal::install()?;
     let listener = TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
@@ -118,7 +118,6 @@ where
 
     let server = Arc::new(Server::new(cas, ac));
     let graceful = GracefulShutdown::new();
-    let mut signal = pin!(shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -146,7 +145,7 @@ where
                     }
                 });
             }
-            () = &mut signal => break,
+            () = signal.recv() => break,
         }
     }
     drop(listener);
@@ -157,38 +156,51 @@ where
         () = tokio::time::sleep(grace) => {
             println!("shut down: in-flight requests aborted after {grace:?} (their uploads stored nothing)");
         }
-        () = shutdown_signal() => {
+        () = signal.recv() => {
             println!("shut down: second signal, in-flight requests aborted (their uploads stored nothing)");
         }
     }
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Ctrl-C or SIGTERM. The handlers are installed when this is created (before the server
+/// says it listens), so a signal sent as soon as it does is never missed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    let terminate = async {
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl ShutdownSignal {
+    #[cfg(unix)]
+    fn install() -> Result<Self, String> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
+        let install = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+        Ok(ShutdownSignal {
+            signals: [
+                install(SignalKind::interrupt())?,
+                install(SignalKind::terminate())?,
+            ],
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Result<Self, String> {
+        Ok(ShutdownSignal {})
+    }
+
+    /// Waits for the next signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = &mut self.signals;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

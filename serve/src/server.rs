@@ -362,11 +362,14 @@ mod tests {
     #[test]
     fn paths() {
         let h = Digest::of(b"x").hash_hex();
-        let r = parse_path(&format!("/cas/{h}")).unwrap();
+        let path = format!("/cas/{h}");
+        let r = parse_path(&path).unwrap();
         assert_eq!((r.instance, r.kind), ("", Kind::Cas));
-        let r = parse_path(&format!("/ac/{}", h.to_uppercase())).unwrap();
+        let path = format!("/ac/{}", h.to_uppercase());
+        let r = parse_path(&path).unwrap();
         assert_eq!((r.instance, r.kind, r.hash_hex.as_str()), ("", Kind::Ac, h.as_str()));
-        let r = parse_path(&format!("/a/b.c/ac/{h}")).unwrap();
+        let path = format!("/a/b.c/ac/{h}");
+        let r = parse_path(&path).unwrap();
         assert_eq!((r.instance, r.kind), ("a/b.c", Kind::Ac));
         assert!(matches!(parse_path("/cas/abc"), Err(Failure::BadRequest(_))));
         assert!(matches!(parse_path(&format!("/x/{h}")), Err(Failure::UnknownPath)));
