@@ -45,6 +45,7 @@ use crate::wrappers::route::{Route, RouteReader};
 pub struct SizePartitionConfig {
     /// Digests smaller than this many bytes go to the lower store, the rest to the upper one.
     /// Default: 1 MiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub size: u64,
 }
 

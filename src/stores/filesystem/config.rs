@@ -53,9 +53,11 @@ pub struct FilesystemConfig {
     /// When to drop least recently used objects (and delete their files). Default: never.
     pub eviction_policy: EvictionPolicy,
     /// Chunk size of reads, in bytes. Default (and when 0): 32 KiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub read_buffer_size: usize,
     /// Unit of size accounting: an object counts as its size rounded up to whole blocks.
     /// Default (and when 0): 4096.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub block_size: u64,
     /// How many uploads may be in their final write + fsync step at once. Default: 0 =
     /// unlimited.

@@ -140,9 +140,11 @@ pub struct CompressConfig {
     pub level: i32,
     /// Uncompressed bytes per frame: the unit a ranged read fetches and decodes.
     /// Between 1 KiB and `max_frame_size`. Default: 256 KiB (262144).
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub block_size: u32,
     /// The largest block size a reader accepts in a stored object, which bounds the memory
     /// one frame can make it allocate. At most 1 GiB. Default: 4 MiB (4194304).
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub max_frame_size: u32,
 }
 

@@ -99,15 +99,19 @@ pub use stream::DedupStream;
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
     /// Smallest chunk (except an object's last). 64 B to 1 MiB. Default: 64 KiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub min_size: u32,
     /// The chunk size FastCDC aims for. 256 B to 4 MiB, above `min_size`.
     /// Default: 256 KiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub normal_size: u32,
     /// Largest chunk, and the most bytes a put holds at once. 1 KiB to 16 MiB, above
     /// `normal_size`. Default: 512 KiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub max_size: u32,
     /// Objects smaller than this are stored as one chunk, without chunking. At most
     /// `max_size`. Default: 256 KiB.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub small_blob_threshold: u32,
     /// Chunks one `get` fetches at once (and list reads one `has_many` makes at once).
     /// At least 1. Default: 10.

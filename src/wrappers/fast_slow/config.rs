@@ -73,5 +73,6 @@ pub struct FastSlowConfig {
     /// Reads of digests at least this large go straight to the slow tier: no fill of the
     /// fast tier, no sharing of concurrent reads (a multi-GB blob would evict many small
     /// useful ones, NativeLink #2415). 0, the default, turns the bypass off.
+    #[serde(deserialize_with = "crate::spec::bytes")]
     pub bypass_dedup_threshold_bytes: u64,
 }
