@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use casstack::{BoxStore, Store};
+use casstack::{BoxStore, FromSpec as _, Store, StoreExt as _};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Args, Exit, USAGE};
-use crate::layout::{DEFAULT_LAYOUT, DefaultAc, DefaultCas, Layout};
+use crate::layout::{DEFAULT_LAYOUT, DefaultStore, Layout};
 use crate::server::Server;
 
 fn main() -> ExitCode {
@@ -73,36 +73,51 @@ fn main() -> ExitCode {
     }
 }
 
+fn open_error(what: &'static str) -> impl Fn(casstack::Error) -> String {
+    move |e| format!("opening the {what}: {e}")
+}
+
 /// Opens the layout's stores and serves them until a shutdown signal.
 async fn run(args: Args) -> Result<(), String> {
-    match &args.layout {
-        None => {
-            // TEMP until main's StoreSpec has fast_slow and filesystem: built by hand.
-            let _ = DEFAULT_LAYOUT;
-            let (cas, ac): (DefaultCas, DefaultAc) = crate::layout::open_default_by_hand(&args.data).await?;
-            serve(cas, ac, "built in (layouts/default.toml)", &args).await
+    let Some(path) = &args.layout else {
+        let Layout::Shared(spec) = Layout::parse(DEFAULT_LAYOUT, &args.data)? else {
+            unreachable!("the built-in layout is one store node");
+        };
+        let store = DefaultStore::from_spec(&spec)
+            .await
+            .map_err(open_error("store"))?;
+        return serve(store.clone(), store, true, "built in (layouts/local.toml)", &args).await;
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the layout {}: {e}", path.display()))?;
+    let layout = Layout::parse(&text, &args.data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    match layout {
+        Layout::Shared(spec) => {
+            let store = BoxStore::from_spec(&spec)
+                .await
+                .map_err(open_error("store"))?;
+            serve(store.clone(), store, true, &name, &args).await
         }
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the layout {}: {e}", path.display()))?;
-            let layout = Layout::parse(&text, &args.data)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let cas = BoxStore::from_spec(&layout.cas)
+        Layout::Split { cas, ac } => {
+            let cas = BoxStore::from_spec(&cas)
                 .await
-                .map_err(|e| format!("opening the CAS store: {e}"))?;
-            let ac = BoxStore::from_spec(&layout.ac)
+                .map_err(open_error("CAS store"))?;
+            let ac = BoxStore::from_spec(&ac)
                 .await
-                .map_err(|e| format!("opening the AC store: {e}"))?;
-            serve(cas, ac, &path.display().to_string(), &args).await
+                .map_err(open_error("AC store"))?;
+            serve(cas, ac, false, &name, &args).await
         }
     }
 }
 
-async fn serve<C, A>(cas: C, ac: A, layout: &str, args: &Args) -> Result<(), String>
+/// Serves `cas` and `ac` (`shared`: one store under both names) on `args.addr`.
+async fn serve<C, A>(cas: C, ac: A, shared: bool, layout: &str, args: &Args) -> Result<(), String>
 where
     C: Store + Debug,
     A: Store + Debug,
 {
+    check_takes_names(&ac).await?;
     let mut signal = ShutdownSignal::install()?;
     let listener = TcpListener::bind(args.addr)
         .await
@@ -112,8 +127,12 @@ where
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     println!("casstack-serve listening on http://{addr}");
     println!("layout: {layout}");
-    println!("  cas: {cas:?}");
-    println!("  ac: {ac:?}");
+    if shared {
+        println!("  store (CAS by digest, AC by name): {cas:?}");
+    } else {
+        println!("  cas: {cas:?}");
+        println!("  ac: {ac:?}");
+    }
     println!("data: {}", args.data.display());
 
     let server = Arc::new(Server::new(cas, ac));
@@ -161,6 +180,18 @@ where
         }
     }
     Ok(())
+}
+
+/// Refuses, at startup, an AC store that takes no name keys (every AC request would fail).
+async fn check_takes_names<A: Store>(ac: &A) -> Result<(), String> {
+    match ac.has(casstack::Key::from("ac/startup-check")).await {
+        Err(e) if e.code() == casstack::Code::InvalidArgument => Err(format!(
+            "the layout's AC store takes no name keys ({e}); give the AC a store of its own \
+             with [cas] and [ac] tables (see serve/layouts/split.toml)"
+        )),
+        Err(e) => Err(format!("the AC store does not answer: {e}")),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Ctrl-C or SIGTERM. The handlers are installed when this is created (before the server

@@ -239,16 +239,49 @@ fn every_status_on_the_default_layout() {
 }
 
 #[test]
-fn every_status_on_a_layout_file() {
+fn every_status_on_a_split_layout_file() {
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("memory.toml");
-    std::fs::write(&layout, "[cas.memory]\n[ac.memory]\n").unwrap();
-    let mut server = Server::start(dir.path(), &["--layout", layout.to_str().unwrap()]);
-    server.wait_stdout("layout: ");
-    assert!(server.seen.last().unwrap().ends_with("memory.toml"));
+    let layout = concat!(env!("CARGO_MANIFEST_DIR"), "/layouts/split.toml");
+    let mut server = Server::start(dir.path(), &["--layout", layout]);
+    let line = server.wait_stdout("layout: ");
+    assert!(line.ends_with("split.toml"), "{line}");
     server.wait_stdout("cas: BoxStore");
+    server.wait_stdout("ac: BoxStore");
     check_statuses(&server);
     server.stop();
+    // Each store has its own directories under --data.
+    for sub in ["cas/d", "ac/s"] {
+        let n = std::fs::read_dir(dir.path().join(sub)).unwrap().count();
+        assert!(n > 0, "{sub} is empty");
+    }
+}
+
+#[test]
+fn a_one_store_layout_file_needs_name_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("memory.toml");
+    std::fs::write(&layout, "[memory.eviction_policy]\nmax_bytes = \"1mib\"\n").unwrap();
+    let mut server = Server::start(dir.path(), &["--layout", layout.to_str().unwrap()]);
+    server.wait_stdout("store (CAS by digest, AC by name): BoxStore");
+    let hash = sha256_hex(b"m");
+    assert_eq!(server.put(&cas(&hash), b"m").status, 201);
+    assert_eq!(server.put(&ac(&hash), b"result").status, 201);
+    assert_eq!(server.get(&cas(&hash)).body, b"m");
+    assert_eq!(server.get(&ac(&hash)).body, b"result");
+    server.stop();
+
+    // A root that takes digests only cannot hold the AC: refused at startup, with the fix.
+    std::fs::write(&layout, "verify.backend.memory = {}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--layout"])
+        .arg(&layout)
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("takes no name keys") && err.contains("[cas] and [ac]"), "{err}");
 }
 
 fn check_statuses(server: &Server) {
@@ -396,7 +429,7 @@ fn an_upload_cut_midway_stores_nothing() {
         assert_eq!(server.get(&path).status, 404, "{path}");
     }
     // Nothing was left in the temp directories either.
-    for tmp in ["tmp/cas", "tmp/ac"] {
+    for tmp in ["tmp"] {
         let left: Vec<_> = std::fs::read_dir(dir.path().join(tmp))
             .unwrap()
             .map(|e| e.unwrap().file_name())
