@@ -14,10 +14,11 @@ Usage: casstack-serve [OPTIONS]
 
 Options:
   --addr HOST:PORT   where to listen (default 127.0.0.1:8080; port 0 picks a free port)
-  --layout FILE      the layout: a TOML file with [cas] and [ac] store nodes
-                     (default: built in, FastSlow<Memory, Filesystem> under --data)
-  --data DIR         the data directory, `{data}` in a layout
-                     (default $XDG_CACHE_HOME/casstack or $HOME/.cache/casstack)
+  --layout FILE      the layout: one store node (CAS by digest, AC by name in one store), or
+                     [cas] and [ac] store nodes (default: built in, layouts/local.toml:
+                     FastSlow<Memory, Filesystem> under --data)
+  --data DIR         the data directory, $CASSTACK_DATA in a layout (default
+                     $CASSTACK_DATA, else $XDG_CACHE_HOME/casstack or $HOME/.cache/casstack)
   --grace SECONDS    on Ctrl-C / SIGTERM, how long in-flight requests may take to finish
                      before they are aborted (default 10)
   -h, --help         print this
@@ -60,7 +61,9 @@ impl Args {
                 .into_string()
                 .map_err(|a| Exit::Usage(format!("unexpected argument {a:?}")))?;
             let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_owned(), Some(value.into()))
+                }
                 _ => (arg, None),
             };
             if flag == "-h" || flag == "--help" {
@@ -77,7 +80,9 @@ impl Args {
                     let v = value()?;
                     let text = v.to_string_lossy();
                     addr = text.parse().map_err(|_| {
-                        Exit::Usage(format!("--addr {text:?} is not HOST:PORT (e.g. 127.0.0.1:8080)"))
+                        Exit::Usage(format!(
+                            "--addr {text:?} is not HOST:PORT (e.g. 127.0.0.1:8080)"
+                        ))
                     })?;
                 }
                 "--layout" => layout = Some(PathBuf::from(value()?)),
@@ -115,16 +120,16 @@ impl Args {
     }
 }
 
-/// `$XDG_CACHE_HOME/casstack`, else `$HOME/.cache/casstack`.
+/// `$CASSTACK_DATA`, else `$XDG_CACHE_HOME/casstack`, else `$HOME/.cache/casstack`.
 fn default_data_dir() -> Option<PathBuf> {
     let absolute = |var: &str| {
         std::env::var_os(var)
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
     };
-    absolute("XDG_CACHE_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
-        .map(|cache| cache.join("casstack"))
+    absolute("CASSTACK_DATA")
+        .or_else(|| absolute("XDG_CACHE_HOME").map(|cache| cache.join("casstack")))
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache").join("casstack")))
 }
 
 #[cfg(test)]
@@ -137,8 +142,16 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = parse(&["--addr", "127.0.0.1:0", "--layout=l.toml", "--data", "/d", "--grace", "0.5"])
-            .unwrap();
+        let a = parse(&[
+            "--addr",
+            "127.0.0.1:0",
+            "--layout=l.toml",
+            "--data",
+            "/d",
+            "--grace",
+            "0.5",
+        ])
+        .unwrap();
         assert_eq!(a.addr.port(), 0);
         assert_eq!(a.layout.unwrap(), PathBuf::from("l.toml"));
         assert_eq!(a.data, PathBuf::from("/d"));

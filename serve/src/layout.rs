@@ -120,7 +120,8 @@ mod tests {
 
     #[test]
     fn default_layout_parses_with_the_data_directory() {
-        let Layout::Shared(spec) = Layout::parse(DEFAULT_LAYOUT, Path::new("/srv/c\"a\\che")).unwrap()
+        let Layout::Shared(spec) =
+            Layout::parse(DEFAULT_LAYOUT, Path::new("/srv/c\"a\\che")).unwrap()
         else {
             panic!("the default layout is one store");
         };
@@ -143,7 +144,10 @@ mod tests {
     fn substitution() {
         let s = |t| substitute_data(t, "/x");
         assert_eq!(s("$CASSTACK_DATA/a ${CASSTACK_DATA}b"), "/x/a /xb");
-        assert_eq!(s("$CASSTACK_DATA_X $HOME $ ${OTHER} $"), "$CASSTACK_DATA_X $HOME $ ${OTHER} $");
+        assert_eq!(
+            s("$CASSTACK_DATA_X $HOME $ ${OTHER} $"),
+            "$CASSTACK_DATA_X $HOME $ ${OTHER} $"
+        );
         assert_eq!(s("$$CASSTACK_DATA"), "$/x");
     }
 

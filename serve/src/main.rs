@@ -86,11 +86,19 @@ async fn run(args: Args) -> Result<(), String> {
         let store = DefaultStore::from_spec(&spec)
             .await
             .map_err(open_error("store"))?;
-        return serve(store.clone(), store, true, "built in (layouts/local.toml)", &args).await;
+        return serve(
+            store.clone(),
+            store,
+            true,
+            "built in (layouts/local.toml)",
+            &args,
+        )
+        .await;
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading the layout {}: {e}", path.display()))?;
-    let layout = Layout::parse(&text, &args.data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let layout =
+        Layout::parse(&text, &args.data).map_err(|e| format!("{}: {e}", path.display()))?;
     let name = path.display().to_string();
     match layout {
         Layout::Shared(spec) => {

@@ -14,7 +14,7 @@
 //! CAS objects are digest keys (hash + size) in the CAS store, shared by every instance (their
 //! content is their name). AC entries are name keys in the AC store: `ac/{hash}` or
 //! `{instance}/ac/{hash}`, so instances do not see each other's action results. The AC store
-//! also holds the CAS size index ([`SizeIndex`](crate::sizes::SizeIndex)), because the
+//! also holds the CAS size index ([`SizeIndex`]), because the
 //! protocol names a CAS object by its hash alone.
 //!
 //! A body cut short (the connection closes before `Content-Length` bytes arrived) fails the
@@ -24,8 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use casstack::{
-    ByteRange, Code, Digest, Either, Error, Key, Store, StoreExt, UploadSize, Verify,
-    VerifyConfig,
+    ByteRange, Code, Digest, Either, Error, Key, Store, StoreExt, UploadSize, Verify, VerifyConfig,
 };
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -80,15 +79,15 @@ impl<C: Store, A: Store> Server<C, A> {
 
     /// Answers one request and logs it at debug level.
     pub async fn handle(&self, request: Request<Incoming>) -> HttpResponse<C, A> {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return self.route(request).await.unwrap_or_else(|f| f.response());
+        }
         let start = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (response, error) = match self.route(request).await {
+        let (response, failure) = match self.route(request).await {
             Ok(response) => (response, None),
-            Err(failure) => {
-                let response = failure.response();
-                (response, Some(failure))
-            }
+            Err(failure) => (failure.response(), Some(failure)),
         };
         let length = response
             .headers()
@@ -97,7 +96,7 @@ impl<C: Store, A: Store> Server<C, A> {
             .unwrap_or("-");
         let status = response.status().as_u16();
         let elapsed = start.elapsed();
-        match error {
+        match failure {
             None => tracing::debug!("{method} {path} {status} {length} {elapsed:.1?}"),
             Some(failure) => {
                 tracing::debug!("{method} {path} {status} {length} {elapsed:.1?}: {failure}")
@@ -174,7 +173,11 @@ impl<C: Store, A: Store> Server<C, A> {
         };
         let digest = Digest::new(route.hash, size);
         self.cas
-            .put(digest.into(), UploadSize::Exact(size), IncomingStream::new(body))
+            .put(
+                digest.into(),
+                UploadSize::Exact(size),
+                IncomingStream::new(body),
+            )
             .await?;
         if !digest.is_empty_blob() {
             self.sizes
@@ -184,7 +187,11 @@ impl<C: Store, A: Store> Server<C, A> {
         Ok(created())
     }
 
-    async fn put_ac(&self, route: &Route<'_>, body: Incoming) -> Result<HttpResponse<C, A>, Failure> {
+    async fn put_ac(
+        &self,
+        route: &Route<'_>,
+        body: Incoming,
+    ) -> Result<HttpResponse<C, A>, Failure> {
         let size = match body.size_hint().exact() {
             Some(n) => UploadSize::Exact(n),
             None => UploadSize::AtMost(u64::MAX),
@@ -367,16 +374,34 @@ mod tests {
         assert_eq!((r.instance, r.kind), ("", Kind::Cas));
         let path = format!("/ac/{}", h.to_uppercase());
         let r = parse_path(&path).unwrap();
-        assert_eq!((r.instance, r.kind, r.hash_hex.as_str()), ("", Kind::Ac, h.as_str()));
+        assert_eq!(
+            (r.instance, r.kind, r.hash_hex.as_str()),
+            ("", Kind::Ac, h.as_str())
+        );
         let path = format!("/a/b.c/ac/{h}");
         let r = parse_path(&path).unwrap();
         assert_eq!((r.instance, r.kind), ("a/b.c", Kind::Ac));
-        assert!(matches!(parse_path("/cas/abc"), Err(Failure::BadRequest(_))));
-        assert!(matches!(parse_path(&format!("/x/{h}")), Err(Failure::UnknownPath)));
+        assert!(matches!(
+            parse_path("/cas/abc"),
+            Err(Failure::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_path(&format!("/x/{h}")),
+            Err(Failure::UnknownPath)
+        ));
         assert!(matches!(parse_path("/"), Err(Failure::UnknownPath)));
         assert!(matches!(parse_path(""), Err(Failure::UnknownPath)));
-        assert!(matches!(parse_path(&format!("/../cas/{h}")), Err(Failure::BadRequest(_))));
-        assert!(matches!(parse_path(&format!("//cas/{h}")), Err(Failure::BadRequest(_))));
-        assert!(matches!(parse_path(&format!("/a%2F/cas/{h}")), Err(Failure::BadRequest(_))));
+        assert!(matches!(
+            parse_path(&format!("/../cas/{h}")),
+            Err(Failure::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_path(&format!("//cas/{h}")),
+            Err(Failure::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_path(&format!("/a%2F/cas/{h}")),
+            Err(Failure::BadRequest(_))
+        ));
     }
 }

@@ -12,7 +12,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-
 const BIN: &str = env!("CARGO_BIN_EXE_casstack-serve");
 /// The longest any wait for the server may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -71,7 +70,11 @@ impl Server {
     fn wait_line(&mut self, from_stdout: bool, needle: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let rx = if from_stdout { &self.stdout } else { &self.stderr };
+            let rx = if from_stdout {
+                &self.stdout
+            } else {
+                &self.stderr
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
@@ -114,7 +117,10 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "the server did not exit");
             // Bounded wait for the child's output to end (it closes when the process exits).
-            let _ = self.stdout.recv_timeout(Duration::from_millis(50)).map(|l| self.seen.push(l));
+            let _ = self
+                .stdout
+                .recv_timeout(Duration::from_millis(50))
+                .map(|l| self.seen.push(l));
         }
     }
 
@@ -204,7 +210,14 @@ fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
         .unwrap_or_else(|| panic!("no complete reply: {:?}", String::from_utf8_lossy(raw)));
     let head = std::str::from_utf8(&raw[..end]).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .map(|l| {
             let (n, v) = l.split_once(':').unwrap();
@@ -217,7 +230,11 @@ fn parse_reply(raw: &[u8], head_only: bool) -> Reply {
         body: raw[end + 4..].to_vec(),
     };
     if !head_only && let Some(len) = reply.content_length() {
-        assert_eq!(reply.body.len() as u64, len, "body length vs Content-Length");
+        assert_eq!(
+            reply.body.len() as u64,
+            len,
+            "body length vs Content-Length"
+        );
     }
     reply
 }
@@ -281,7 +298,10 @@ fn a_one_store_layout_file_needs_name_keys() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("takes no name keys") && err.contains("[cas] and [ac]"), "{err}");
+    assert!(
+        err.contains("takes no name keys") && err.contains("[cas] and [ac]"),
+        "{err}"
+    );
 }
 
 fn check_statuses(server: &Server) {
@@ -303,7 +323,10 @@ fn check_statuses(server: &Server) {
     assert_eq!(r.content_length(), Some(blob.len() as u64));
     assert_eq!(r.body, blob);
     let r = server.head(&cas(&hash));
-    assert_eq!((r.status, r.content_length()), (200, Some(blob.len() as u64)));
+    assert_eq!(
+        (r.status, r.content_length()),
+        (200, Some(blob.len() as u64))
+    );
     assert!(r.body.is_empty());
     // Again (the memory tier and the size index answer now), and idempotent uploads.
     assert_eq!(server.get(&cas(&hash)).body, blob);
@@ -326,7 +349,12 @@ fn check_statuses(server: &Server) {
     assert_eq!(server.put(&cas(&empty), b"x").status, 400);
 
     // Malformed hashes: 400 for every method that is allowed.
-    for bad in ["abc", &hash[1..], &format!("{}g", &hash[1..]), &format!("{hash}0")] {
+    for bad in [
+        "abc",
+        &hash[1..],
+        &format!("{}g", &hash[1..]),
+        &format!("{hash}0"),
+    ] {
         assert_eq!(server.get(&cas(bad)).status, 400, "{bad}");
         assert_eq!(server.put(&ac(bad), b"x").status, 400, "{bad}");
     }
@@ -340,7 +368,11 @@ fn check_statuses(server: &Server) {
         assert_eq!(r.status, 405, "{method}");
         assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"));
     }
-    assert_eq!(server.get(&cas(&hash)).status, 200, "a DELETE removed nothing");
+    assert_eq!(
+        server.get(&cas(&hash)).status,
+        200,
+        "a DELETE removed nothing"
+    );
 
     // A CAS upload needs a Content-Length; an AC upload may be chunked.
     let chunked = ["Transfer-Encoding: chunked"];
@@ -361,22 +393,34 @@ fn check_statuses(server: &Server) {
     assert_eq!(server.put(&ac(&hash), value).status, 201);
     let r = server.get(&ac(&hash));
     assert_eq!((r.status, r.body.as_slice()), (200, value.as_slice()));
-    assert_eq!(server.head(&ac(&hash)).content_length(), Some(value.len() as u64));
+    assert_eq!(
+        server.head(&ac(&hash)).content_length(),
+        Some(value.len() as u64)
+    );
     assert_eq!(server.put(&ac(&hash), b"v2").status, 201);
     assert_eq!(server.get(&ac(&hash)).body, b"v2");
     // The AC and CAS are separate: the CAS object under the same hash is unchanged.
     assert_eq!(server.get(&cas(&hash)).body, blob);
 
     // Instance prefixes: the AC is per instance, the CAS shared (content is its own name).
-    assert_eq!(server.put(&format!("/main/ac/{key}"), b"main's").status, 201);
-    assert_eq!(server.put(&format!("/team/x.y/ac/{key}"), b"team's").status, 201);
+    assert_eq!(
+        server.put(&format!("/main/ac/{key}"), b"main's").status,
+        201
+    );
+    assert_eq!(
+        server.put(&format!("/team/x.y/ac/{key}"), b"team's").status,
+        201
+    );
     assert_eq!(server.get(&format!("/main/ac/{key}")).body, b"main's");
     assert_eq!(server.get(&format!("/team/x.y/ac/{key}")).body, b"team's");
     assert_eq!(server.get(&ac(&key)).body, b"hello world");
     assert_eq!(server.get(&format!("/other/ac/{key}")).status, 404);
     let blob2 = b"uploaded under an instance".to_vec();
     let hash2 = sha256_hex(&blob2);
-    assert_eq!(server.put(&format!("/main/cas/{hash2}"), &blob2).status, 201);
+    assert_eq!(
+        server.put(&format!("/main/cas/{hash2}"), &blob2).status,
+        201
+    );
     assert_eq!(server.get(&format!("/main/cas/{hash2}")).body, blob2);
     assert_eq!(server.get(&cas(&hash2)).body, blob2);
     assert_eq!(server.head(&format!("/team/cas/{hash2}")).status, 200);
@@ -392,7 +436,10 @@ fn check_statuses(server: &Server) {
             raw.push(byte[0]);
         }
         let reply = parse_reply(&raw, true);
-        assert_eq!((reply.status, reply.content_length()), (200, Some(blob.len() as u64)));
+        assert_eq!(
+            (reply.status, reply.content_length()),
+            (200, Some(blob.len() as u64))
+        );
     }
 }
 
@@ -428,15 +475,13 @@ fn an_upload_cut_midway_stores_nothing() {
         assert_eq!(server.head(&path).status, 404, "{path}");
         assert_eq!(server.get(&path).status, 404, "{path}");
     }
-    // Nothing was left in the temp directories either.
-    for tmp in ["tmp"] {
-        let left: Vec<_> = std::fs::read_dir(dir.path().join(tmp))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|name| name != ".casstack-lock")
-            .collect();
-        assert!(left.is_empty(), "{tmp}: {left:?}");
-    }
+    // Nothing was left in the temp directory either.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != ".casstack-lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // The same upload, whole, works.
     let path = cas(&sha256_hex(&blob));
     assert_eq!(server.put(&path, &blob).status, 201);
@@ -452,12 +497,18 @@ fn a_restart_keeps_the_cache() {
     let server = Server::start(dir.path(), &[]);
     assert_eq!(server.put(&cas(&hash), &blob).status, 201);
     assert_eq!(server.put(&ac(&hash), b"result").status, 201);
-    assert_eq!(server.put(&format!("/i/ac/{hash}"), b"i's result").status, 201);
+    assert_eq!(
+        server.put(&format!("/i/ac/{hash}"), b"i's result").status,
+        201
+    );
     server.stop();
 
     let server = Server::start(dir.path(), &[]);
     let r = server.get(&cas(&hash));
-    assert_eq!((r.status, r.content_length()), (200, Some(blob.len() as u64)));
+    assert_eq!(
+        (r.status, r.content_length()),
+        (200, Some(blob.len() as u64))
+    );
     assert_eq!(r.body, blob);
     assert_eq!(server.head(&cas(&hash)).status, 200);
     assert_eq!(server.get(&ac(&hash)).body, b"result");
@@ -523,7 +574,10 @@ fn bad_flags_and_layouts_are_clear_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("line 3") && err.contains("memroy"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("line 3") && err.contains("memroy"),
+        "{err}"
+    );
 }
 
 /// ccache 4.7.5 with `remote_storage = http://...|layout=bazel` (its keys are input hashes,
@@ -533,9 +587,7 @@ fn bad_flags_and_layouts_are_clear_errors() {
 fn ccache_gets_a_remote_hit() {
     let version = Command::new("ccache").arg("--version").output();
     let Ok(version) = version else {
-        panic!(
-            "ccache is not installed: `apt-get install -y ccache` (scripts/test installs it)"
-        );
+        panic!("ccache is not installed: `apt-get install -y ccache` (scripts/test installs it)");
     };
     assert!(
         String::from_utf8_lossy(&version.stdout).contains("http-storage"),
@@ -583,7 +635,17 @@ fn ccache_gets_a_remote_hit() {
     for run in ["first", "second"] {
         let object = dir.path().join(format!("{run}.o"));
         let start = Instant::now();
-        ccache(run, &["gcc", "-O2", "-c", "hello.c", "-o", object.to_str().unwrap()]);
+        ccache(
+            run,
+            &[
+                "gcc",
+                "-O2",
+                "-c",
+                "hello.c",
+                "-o",
+                object.to_str().unwrap(),
+            ],
+        );
         eprintln!("ccache {run} compile: {:?}", start.elapsed());
         let stats = ccache(run, &["--print-stats"]);
         if run == "first" {
@@ -596,7 +658,10 @@ fn ccache_gets_a_remote_hit() {
         }
         objects.push(object);
     }
-    let (a, b) = (std::fs::read(&objects[0]).unwrap(), std::fs::read(&objects[1]).unwrap());
+    let (a, b) = (
+        std::fs::read(&objects[0]).unwrap(),
+        std::fs::read(&objects[1]).unwrap(),
+    );
     assert!(!a.is_empty());
     assert!(a == b, "the object files differ");
     server.stop();
