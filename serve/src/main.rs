@@ -22,7 +22,7 @@ use std::time::Duration;
 use casstack::{BoxStore, FromSpec as _, Store, StoreExt as _};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -30,6 +30,9 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Args, Exit, USAGE};
 use crate::layout::{DEFAULT_LAYOUT, DefaultStore, Layout};
 use crate::server::Server;
+
+/// How long a client may take to send a request's headers before its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args_os().skip(1)) {
@@ -164,6 +167,8 @@ where
                     async move { Ok::<_, Infallible>(server.handle(request).await) }
                 });
                 let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

@@ -492,7 +492,8 @@ fn an_upload_cut_midway_stores_nothing() {
 #[test]
 fn a_restart_keeps_the_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let blob = b"kept across restarts".repeat(1000);
+    // 1 MiB: read back from disk after the restart in many chunks.
+    let blob = b"kept across restarts".repeat(52_429);
     let hash = sha256_hex(&blob);
     let server = Server::start(dir.path(), &[]);
     assert_eq!(server.put(&cas(&hash), &blob).status, 201);
