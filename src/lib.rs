@@ -27,6 +27,7 @@
 //! |---|---|---|
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
+//! | [`Redis`](stores::redis) | a Redis server: pipelined `has_many`, `GETRANGE` windows, staged uploads renamed into place, keyspace-event removals | `redis` |
 //! | [`BoxStore`] | any store behind one pointer | always |
 //!
 //! # Features
@@ -34,6 +35,7 @@
 //! | feature | what it adds | cost |
 //! |---|---|---|
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
+//! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -90,3 +92,7 @@ pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use stores::redis::Redis;
+pub use stores::redis::{RedisConfig, RetryConfig};

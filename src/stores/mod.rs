@@ -2,3 +2,4 @@
 
 pub mod memory;
 pub mod noop;
+pub mod redis;
