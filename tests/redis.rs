@@ -292,25 +292,37 @@ async fn a_key_that_vanishes_mid_read_is_an_error_not_a_short_object() {
     cfg.read_chunk_size = 1_000;
     let store = Redis::connect(cfg).await.unwrap();
     let data = blob(10_000, 7);
-    store.put_bytes("k", data.clone()).await.unwrap();
-    let mut reader = store.get("k".into(), ByteRange::FULL).await.unwrap();
+    let d = Digest::of(&data);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
     assert_eq!(reader.next().await.unwrap().unwrap(), data.slice(..1_000));
-    server.command(&["DEL", "p:k"]);
+    server.command(&["DEL", &format!("p:{d}")]);
     let err = reader.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
-    assert!(
-        reader.next().await.is_none(),
-        "the reader ends after the error"
-    );
-    // A replacement of another length is caught too.
-    store.put_bytes("k", data.clone()).await.unwrap();
-    let mut reader = store.get("k".into(), ByteRange::FULL).await.unwrap();
+    assert_eq!(err.key(), Some(&Key::from(d)));
+    assert!(reader.next().await.is_none(), "the reader ends after the error");
+    // Bytes of another length under the same digest (a corrupt writer) are caught too.
+    store.put_bytes(d, data.clone()).await.unwrap();
+    let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
     reader.next().await.unwrap().unwrap();
-    store.put_bytes("k", blob(20_000, 8)).await.unwrap();
-    assert_eq!(
-        reader.next().await.unwrap().unwrap_err().code(),
-        Code::Aborted
-    );
+    server.command(&["APPEND", &format!("p:{d}"), "x"]);
+    assert_eq!(reader.next().await.unwrap().unwrap_err().code(), Code::Aborted);
+}
+
+#[tokio::test]
+async fn a_name_key_is_read_as_one_snapshot() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "p:");
+    cfg.read_chunk_size = 1_000;
+    let store = Redis::connect(cfg).await.unwrap();
+    let old = blob(10_000, 1);
+    store.put_bytes("ac/1", old.clone()).await.unwrap();
+    let mut reader = store.get("ac/1".into(), ByteRange::new(10, None)).await.unwrap();
+    // Replaced by a different value of the same length before the reader is drained: the
+    // reader still yields exactly the old value, in one piece.
+    store.put_bytes("ac/1", blob(10_000, 2)).await.unwrap();
+    assert_eq!(reader.next().await.unwrap().unwrap(), old.slice(10..));
+    assert!(reader.next().await.is_none());
 }
 
 #[tokio::test]
