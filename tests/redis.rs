@@ -300,13 +300,19 @@ async fn a_key_that_vanishes_mid_read_is_an_error_not_a_short_object() {
     let err = reader.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     assert_eq!(err.key(), Some(&Key::from(d)));
-    assert!(reader.next().await.is_none(), "the reader ends after the error");
+    assert!(
+        reader.next().await.is_none(),
+        "the reader ends after the error"
+    );
     // Bytes of another length under the same digest (a corrupt writer) are caught too.
     store.put_bytes(d, data.clone()).await.unwrap();
     let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
     reader.next().await.unwrap().unwrap();
     server.command(&["APPEND", &format!("p:{d}"), "x"]);
-    assert_eq!(reader.next().await.unwrap().unwrap_err().code(), Code::Aborted);
+    assert_eq!(
+        reader.next().await.unwrap().unwrap_err().code(),
+        Code::Aborted
+    );
 }
 
 #[tokio::test]
@@ -317,7 +323,10 @@ async fn a_name_key_is_read_as_one_snapshot() {
     let store = Redis::connect(cfg).await.unwrap();
     let old = blob(10_000, 1);
     store.put_bytes("ac/1", old.clone()).await.unwrap();
-    let mut reader = store.get("ac/1".into(), ByteRange::new(10, None)).await.unwrap();
+    let mut reader = store
+        .get("ac/1".into(), ByteRange::new(10, None))
+        .await
+        .unwrap();
     // Replaced by a different value of the same length before the reader is drained: the
     // reader still yields exactly the old value, in one piece.
     store.put_bytes("ac/1", blob(10_000, 2)).await.unwrap();
@@ -495,8 +504,9 @@ async fn server_killed_mid_upload_fails_cleanly_and_a_retry_succeeds() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert_eq!(err.key(), Some(&Key::from(d)));
-    server.lock().unwrap().restart();
-    let server = server.lock().unwrap();
+    // The body (and its handle on the server) is gone with the failed upload.
+    let mut server = Arc::into_inner(server).unwrap().into_inner().unwrap();
+    server.restart();
     assert!(
         is_int(server.command(&["EXISTS", &format!("p:{d}")]), 0),
         "no final key"
@@ -532,7 +542,6 @@ async fn server_killed_mid_upload_fails_cleanly_and_a_retry_succeeds() {
 #[test]
 fn missing_redis_server_is_a_failure_with_an_install_hint() {
     let err = RedisServer::try_start("/nonexistent/redis-server".into(), &[])
-        .err()
-        .expect("a missing binary must not start");
+        .expect_err("a missing binary must not start");
     assert!(err.contains("apt-get install -y redis-server"), "{err}");
 }
