@@ -28,12 +28,29 @@
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
 //! | [`Redis`](stores::redis) | a Redis server: pipelined `has_many`, `GETRANGE` windows, staged uploads renamed into place, keyspace-event removals | `redis` |
+//! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
+//!
+//! ## Wrappers
+//!
+//! | wrapper | what it does | feature |
+//! |---|---|---|
+//! | [`FastSlow`] | fast tier in front of a slow one; reads fill fast, single flight | always |
+//! | [`SizePartition`] | small digests to one store, large to another | always |
+//! | [`Verify`] | size and sha256 checks on upload, optionally on read | always |
+//! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals | always |
+//! | [`Shard`] | weighted rendezvous hashing over stores of one type | always |
+//! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
+//! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
+//! | `Dedup` | content-defined chunking (FastCDC): chunks stored once by sha256, a chunk list per key | `dedup` |
 //!
 //! # Features
 //!
 //! | feature | what it adds | cost |
 //! |---|---|---|
+//! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
+//! | `dedup` | `Dedup` | fastcdc, crc32fast |
+//! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
@@ -60,6 +77,7 @@ mod key;
 pub mod spec;
 mod store;
 pub mod stores;
+pub mod wrappers;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -90,9 +108,21 @@ pub use eviction::{EvictingMap, EvictionPolicy};
 pub use key::{Digest, Key};
 pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
+#[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
+pub use stores::filesystem::Filesystem;
+pub use stores::filesystem::FilesystemConfig;
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use stores::redis::Redis;
 pub use stores::redis::{RedisConfig, RetryConfig};
+#[cfg(feature = "zstd")]
+pub use wrappers::compress::{Compress, CompressConfig};
+#[cfg(feature = "dedup")]
+pub use wrappers::dedup::{Dedup, DedupConfig};
+pub use wrappers::{
+    ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
+    SizePartition, SizePartitionConfig, StoreDirection, Verify, VerifyConfig,
+};

@@ -22,15 +22,25 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::boxed::BoxStore;
 use crate::error::{Code, Error, Result};
+use crate::store::Store;
+use crate::stores::filesystem::FilesystemConfig;
 use crate::stores::memory::{Memory, MemoryConfig};
 use crate::stores::noop::Noop;
+use crate::wrappers::{
+    ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
+    SizePartition, SizePartitionConfig, Verify, VerifyConfig,
+};
 
 /// One node of a layout: a store and, for wrappers, its children.
+///
+/// Each variant's doc gives its TOML form; the field names follow NativeLink's store spec.
 ///
 /// ```
 /// let spec = casstack::StoreSpec::from_toml("noop = {}").unwrap();
@@ -44,6 +54,28 @@ pub enum StoreSpec {
     Memory(MemoryConfig),
     /// [`Noop`]: `noop = {}`.
     Noop(NoopSpec),
+    /// `Filesystem` (feature `fs`):
+    /// `filesystem = { content_path = "~/.cache/cas/content", temp_path = "~/.cache/cas/tmp" }`.
+    Filesystem(FilesystemConfig),
+    /// [`FastSlow`]: `fast_slow = { fast = { memory = {} }, slow = { filesystem = {..} } }`,
+    /// plus `fast_direction`, `slow_direction` (`both`, `update`, `get`, `read_only`).
+    FastSlow(FastSlowSpec),
+    /// [`SizePartition`]:
+    /// `size_partitioning = { size = "1mib", lower_store = {..}, upper_store = {..} }`.
+    SizePartitioning(SizePartitioningSpec),
+    /// `Compress` (feature `zstd`): `compression = { backend = {..}, level = 3 }`.
+    Compression(CompressionSpec),
+    /// `Dedup` (feature `dedup`): `dedup = { index_store = {..}, content_store = {..} }`.
+    Dedup(DedupSpec),
+    /// [`Verify`]: `verify = { backend = {..}, verify_size = true, verify_hash = true }`.
+    Verify(VerifySpec),
+    /// [`ExistenceCache`]: `existence_cache = { backend = {..}, eviction_policy = {..} }`.
+    ExistenceCache(ExistenceCacheSpec),
+    /// [`Shard`]: `shard = { stores = [{ store = {..}, weight = 1 }, ..] }`.
+    Shard(ShardSpec),
+    /// [`Ref`]: `ref_store = { name = "CAS" }`, a store registered under that name in the
+    /// [`Registry`] the layout is built with.
+    RefStore(RefStoreSpec),
     /// [`BoxStore`] around the store inside: `boxed = { memory = {} }`. Cuts the static type
     /// of a deep subtree, at the cost of dynamic dispatch at this one level.
     Boxed(Box<StoreSpec>),
@@ -58,6 +90,153 @@ pub enum StoreSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoopSpec {}
+
+/// The fields of a wrapper node, read once, then taken apart into children and settings.
+struct NodeFields(serde_json::Map<String, serde_json::Value>);
+
+impl NodeFields {
+    fn read<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        serde_json::Map::deserialize(deserializer).map(NodeFields)
+    }
+
+    fn child<E: serde::de::Error>(&mut self, name: &str) -> std::result::Result<Box<StoreSpec>, E> {
+        let value = self
+            .0
+            .remove(name)
+            .ok_or_else(|| E::custom(format!("missing child store `{name}`")))?;
+        serde_json::from_value(value)
+            .map(Box::new)
+            .map_err(|e| E::custom(format!("in `{name}`: {e}")))
+    }
+
+    /// The remaining fields as the wrapper's settings (`deny_unknown_fields` applies).
+    fn config<C: DeserializeOwned, E: serde::de::Error>(self) -> std::result::Result<C, E> {
+        serde_json::from_value(serde_json::Value::Object(self.0)).map_err(E::custom)
+    }
+}
+
+/// Declares a wrapper node: named child stores plus the wrapper's settings, side by side in
+/// one table (serde's `flatten` cannot reject unknown fields, so this reads them by hand).
+macro_rules! wrapper_node {
+    ($(#[$doc:meta])* $name:ident { $($child:ident),+ } $config:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        pub struct $name {
+            $(
+                #[doc = concat!("The `", stringify!($child), "` store.")]
+                pub $child: Box<StoreSpec>,
+            )+
+            /// The wrapper's own settings, written beside the children.
+            #[serde(flatten)]
+            pub config: $config,
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let mut fields = NodeFields::read(d)?;
+                $(let $child = fields.child(stringify!($child))?;)+
+                Ok($name { $($child,)+ config: fields.config()? })
+            }
+        }
+    };
+}
+
+wrapper_node!(
+    /// A `fast_slow` node.
+    FastSlowSpec { fast, slow } FastSlowConfig
+);
+wrapper_node!(
+    /// A `size_partitioning` node.
+    SizePartitioningSpec { lower_store, upper_store } SizePartitionConfig
+);
+wrapper_node!(
+    /// A `verify` node.
+    VerifySpec { backend } VerifyConfig
+);
+wrapper_node!(
+    /// An `existence_cache` node.
+    ExistenceCacheSpec { backend } ExistenceCacheConfig
+);
+#[cfg(feature = "zstd")]
+wrapper_node!(
+    /// A `compression` node.
+    CompressionSpec { backend } crate::wrappers::compress::CompressConfig
+);
+#[cfg(feature = "dedup")]
+wrapper_node!(
+    /// A `dedup` node.
+    DedupSpec { index_store, content_store } crate::wrappers::dedup::DedupConfig
+);
+/// A `compression` node; this build lacks feature `zstd`, so it is kept unread.
+#[cfg(not(feature = "zstd"))]
+pub type CompressionSpec = DisabledSpec;
+/// A `dedup` node; this build lacks feature `dedup`, so it is kept unread.
+#[cfg(not(feature = "dedup"))]
+pub type DedupSpec = DisabledSpec;
+
+/// A node of a store whose cargo feature is off: parsed as any value, and building it is
+/// `Unimplemented` naming the feature.
+///
+/// ```
+/// let node: casstack::spec::DisabledSpec = serde_json::from_str("{\"a\": 1}").unwrap();
+/// # let _ = node;
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DisabledSpec(serde_json::Value);
+
+/// A `shard` node: the stores and their weights.
+///
+/// ```
+/// let spec = casstack::StoreSpec::from_toml(r#"
+/// [[shard.stores]]
+/// store.memory = {}
+/// weight = 2
+/// [[shard.stores]]
+/// store.memory = {}
+/// "#).unwrap();
+/// let casstack::StoreSpec::Shard(shard) = spec else { unreachable!() };
+/// assert_eq!(shard.stores[1].weight, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSpec {
+    /// The shards, at least one.
+    pub stores: Vec<ShardEntry>,
+}
+
+/// One store of a [`ShardSpec`].
+///
+/// ```
+/// let entry: casstack::spec::ShardEntry = toml::from_str("store.noop = {}").unwrap();
+/// assert_eq!(entry.weight, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    /// The store.
+    pub store: StoreSpec,
+    /// Its share of the keys relative to the others. Default: 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A `ref_store` node.
+///
+/// ```
+/// let spec = casstack::StoreSpec::from_toml(r#"ref_store = { name = "CAS" }"#).unwrap();
+/// assert_eq!(spec.kind(), "ref_store");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefStoreSpec {
+    /// The name the store was registered under.
+    pub name: String,
+}
 
 impl StoreSpec {
     /// Reads a layout from TOML text. Errors are `InvalidArgument` with the line and column.
@@ -91,8 +270,86 @@ impl StoreSpec {
         match self {
             StoreSpec::Memory(_) => "memory",
             StoreSpec::Noop(_) => "noop",
+            StoreSpec::Filesystem(_) => "filesystem",
+            StoreSpec::FastSlow(_) => "fast_slow",
+            StoreSpec::SizePartitioning(_) => "size_partitioning",
+            StoreSpec::Compression(_) => "compression",
+            StoreSpec::Dedup(_) => "dedup",
+            StoreSpec::Verify(_) => "verify",
+            StoreSpec::ExistenceCache(_) => "existence_cache",
+            StoreSpec::Shard(_) => "shard",
+            StoreSpec::RefStore(_) => "ref_store",
             StoreSpec::Boxed(_) => "boxed",
         }
+    }
+}
+
+/// Where a node sits in the layout (for error messages) and what it is built with.
+///
+/// ```
+/// let cx = casstack::spec::BuildContext::new(casstack::Registry::new());
+/// assert_eq!(cx.path(), "");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct BuildContext {
+    path: String,
+    registry: Registry,
+}
+
+impl BuildContext {
+    /// The root of a layout whose `ref_store` nodes resolve in `registry`.
+    pub fn new(registry: Registry) -> Self {
+        BuildContext {
+            path: String::new(),
+            registry,
+        }
+    }
+
+    /// The path of the node in the layout (`fast_slow.slow`), empty at the root.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The registry `ref_store` nodes resolve in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The context of the child `field` of a `kind` node.
+    pub fn child(&self, kind: &str, field: &str) -> BuildContext {
+        let path = match (self.path.is_empty(), field.is_empty()) {
+            (true, true) => kind.to_string(),
+            (true, false) => format!("{kind}.{field}"),
+            (false, true) => format!("{}.{kind}", self.path),
+            (false, false) => format!("{}.{kind}.{field}", self.path),
+        };
+        BuildContext {
+            path,
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// `InvalidArgument` naming this node: it is not the store the type expects.
+    fn mismatch(&self, expected: &str, found: &StoreSpec) -> Error {
+        let at = if self.path.is_empty() {
+            "layout"
+        } else {
+            &self.path
+        };
+        Error::new(
+            Code::InvalidArgument,
+            format!("{at}: expected `{expected}`, found `{}`", found.kind()),
+        )
+    }
+
+    /// Puts this node's path in front of an error from building it.
+    fn located(&self, e: Error) -> Error {
+        let at = if self.path.is_empty() {
+            "layout"
+        } else {
+            &self.path
+        };
+        e.context(at)
     }
 }
 
@@ -111,89 +368,271 @@ impl StoreSpec {
 /// # }
 /// ```
 pub trait FromSpec: Sized {
-    /// Builds the store from `spec`, the node at `path` in the layout (for error messages;
-    /// `""` at the root).
-    fn from_spec_at(spec: &StoreSpec, path: &str) -> impl Future<Output = Result<Self>> + Send;
+    /// Builds the store from `spec`, the node at `cx.path()` of a layout.
+    fn from_spec_in(
+        spec: &StoreSpec,
+        cx: &BuildContext,
+    ) -> impl Future<Output = Result<Self>> + Send;
 
-    /// Builds the store from the root of a layout.
+    /// Builds the store from the root of a layout (with an empty registry).
     fn from_spec(spec: &StoreSpec) -> impl Future<Output = Result<Self>> + Send {
-        Self::from_spec_at(spec, "")
-    }
-}
-
-/// The error for a node whose store is not the one the static type expects.
-pub(crate) fn shape_mismatch(path: &str, expected: &str, found: &StoreSpec) -> Error {
-    let at = if path.is_empty() { "layout" } else { path };
-    Error::new(
-        Code::InvalidArgument,
-        format!("{at}: expected `{expected}`, found `{}`", found.kind()),
-    )
-}
-
-/// The path of a child node, for error messages.
-pub(crate) fn child_path(path: &str, kind: &str, child: &str) -> String {
-    if path.is_empty() {
-        format!("{kind}.{child}")
-    } else {
-        format!("{path}.{kind}.{child}")
+        async move { Self::from_spec_in(spec, &BuildContext::default()).await }
     }
 }
 
 impl FromSpec for Memory {
-    async fn from_spec_at(spec: &StoreSpec, path: &str) -> Result<Self> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
         match spec {
             StoreSpec::Memory(config) => Ok(Memory::new(config.clone())),
-            other => Err(shape_mismatch(path, "memory", other)),
+            other => Err(cx.mismatch("memory", other)),
         }
     }
 }
 
 impl FromSpec for Noop {
-    async fn from_spec_at(spec: &StoreSpec, path: &str) -> Result<Self> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
         match spec {
             StoreSpec::Noop(_) => Ok(Noop),
-            other => Err(shape_mismatch(path, "noop", other)),
+            other => Err(cx.mismatch("noop", other)),
         }
     }
 }
 
-impl FromSpec for BoxStore {
-    /// A `boxed` node builds the store inside it; any other node is built as a `BoxStore` of
-    /// its own type (the run-time factory for layouts known only at startup).
-    async fn from_spec_at(spec: &StoreSpec, path: &str) -> Result<Self> {
-        BoxStore::build(spec, path).await
+#[cfg(feature = "fs")]
+impl FromSpec for crate::stores::filesystem::Filesystem {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        match spec {
+            StoreSpec::Filesystem(config) => {
+                Self::open(config.clone()).await.map_err(|e| cx.located(e))
+            }
+            other => Err(cx.mismatch("filesystem", other)),
+        }
     }
 }
 
+impl<F: FromSpec + Store, S: FromSpec + Store> FromSpec for FastSlow<F, S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::FastSlow(node) = spec else {
+            return Err(cx.mismatch("fast_slow", spec));
+        };
+        let fast = F::from_spec_in(&node.fast, &cx.child("fast_slow", "fast")).await?;
+        let slow = S::from_spec_in(&node.slow, &cx.child("fast_slow", "slow")).await?;
+        Ok(FastSlow::new(fast, slow, node.config))
+    }
+}
+
+impl<L: FromSpec + Store, U: FromSpec + Store> FromSpec for SizePartition<L, U> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::SizePartitioning(node) = spec else {
+            return Err(cx.mismatch("size_partitioning", spec));
+        };
+        let lower_cx = cx.child("size_partitioning", "lower_store");
+        let lower = L::from_spec_in(&node.lower_store, &lower_cx).await?;
+        let upper_cx = cx.child("size_partitioning", "upper_store");
+        let upper = U::from_spec_in(&node.upper_store, &upper_cx).await?;
+        Ok(SizePartition::new(lower, upper, node.config))
+    }
+}
+
+impl<S: FromSpec + Store> FromSpec for Verify<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::Verify(node) = spec else {
+            return Err(cx.mismatch("verify", spec));
+        };
+        let inner = S::from_spec_in(&node.backend, &cx.child("verify", "backend")).await?;
+        Ok(Verify::new(inner, node.config))
+    }
+}
+
+impl<S: FromSpec + Store> FromSpec for ExistenceCache<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::ExistenceCache(node) = spec else {
+            return Err(cx.mismatch("existence_cache", spec));
+        };
+        let backend_cx = cx.child("existence_cache", "backend");
+        let inner = S::from_spec_in(&node.backend, &backend_cx).await?;
+        Ok(ExistenceCache::new(inner, node.config))
+    }
+}
+
+#[cfg(any(feature = "zstd", feature = "dedup"))]
+/// A filesystem that checks digest sizes cannot sit under a wrapper that stores other bytes
+/// under digest keys: say so when the layout is built, not on the first upload.
+fn refuse_size_checking_filesystem(child: &StoreSpec, cx: &BuildContext) -> Result<()> {
+    match child {
+        StoreSpec::Filesystem(config) if config.check_digest_sizes => Err(Error::new(
+            Code::InvalidArgument,
+            format!(
+                "{}.filesystem: a filesystem under a store that changes the bytes needs \
+                 check_digest_sizes = false",
+                cx.path()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "zstd")]
+impl<S: FromSpec + Store> FromSpec for crate::wrappers::compress::Compress<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::Compression(node) = spec else {
+            return Err(cx.mismatch("compression", spec));
+        };
+        let backend_cx = cx.child("compression", "backend");
+        refuse_size_checking_filesystem(&node.backend, &backend_cx)?;
+        let inner = S::from_spec_in(&node.backend, &backend_cx).await?;
+        Self::new(inner, node.config).map_err(|e| cx.located(e))
+    }
+}
+
+#[cfg(feature = "dedup")]
+impl<I: FromSpec + Store, C: FromSpec + Store> FromSpec for crate::wrappers::dedup::Dedup<I, C> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::Dedup(node) = spec else {
+            return Err(cx.mismatch("dedup", spec));
+        };
+        let index_cx = cx.child("dedup", "index_store");
+        refuse_size_checking_filesystem(&node.index_store, &index_cx)?;
+        let index = I::from_spec_in(&node.index_store, &index_cx).await?;
+        let content_cx = cx.child("dedup", "content_store");
+        let content = C::from_spec_in(&node.content_store, &content_cx).await?;
+        Self::new(index, content, node.config).map_err(|e| cx.located(e))
+    }
+}
+
+impl<S: FromSpec + Store> FromSpec for Shard<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::Shard(node) = spec else {
+            return Err(cx.mismatch("shard", spec));
+        };
+        let mut shards = Vec::with_capacity(node.stores.len());
+        for (i, entry) in node.stores.iter().enumerate() {
+            let store_cx = cx.child("shard", &format!("stores[{i}].store"));
+            shards.push((
+                S::from_spec_in(&entry.store, &store_cx).await?,
+                entry.weight,
+            ));
+        }
+        Shard::new(shards).map_err(|e| cx.located(e))
+    }
+}
+
+impl<S: Store> FromSpec for Ref<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::RefStore(node) = spec else {
+            return Err(cx.mismatch("ref_store", spec));
+        };
+        // A `Ref<BoxStore>` (what `layout!` emits for `ref_store`) takes any registered
+        // store, type-erased; any other `Ref<S>` needs the store to be an `S`.
+        let typed = cx.registry.get::<S>(&node.name);
+        if typed.is_err()
+            && let Ok(boxed) = cx.registry.get_boxed(&node.name)
+            && let Some(boxed) = (&boxed as &dyn std::any::Any).downcast_ref::<Ref<S>>()
+        {
+            return Ok(boxed.clone());
+        }
+        typed.map_err(|e| cx.located(e))
+    }
+}
+
+impl FromSpec for BoxStore {
+    /// Any node (a `boxed` node builds the store inside it).
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        BoxStore::build(spec, cx).await
+    }
+}
+
+type BoxedBuild<'a> = Pin<Box<dyn Future<Output = Result<BoxStore>> + Send + 'a>>;
+
 impl BoxStore {
-    /// Builds any layout at run time.
+    /// Builds any layout at run time; every wrapper's children are `BoxStore`s.
     ///
     /// ```
     /// use casstack::{BoxStore, StoreExt, StoreSpec};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
-    /// let store = BoxStore::from_spec(&StoreSpec::from_toml("memory = {}")?).await?;
+    /// let spec = StoreSpec::from_toml("fast_slow = { fast.memory = {}, slow.memory = {} }")?;
+    /// let store = BoxStore::from_spec(&spec).await?;
     /// store.put_bytes("k", "v".into()).await?;
     /// # Ok(()) }
     /// ```
     pub async fn from_spec(spec: &StoreSpec) -> Result<BoxStore> {
-        BoxStore::build(spec, "").await
+        BoxStore::build(spec, &BuildContext::default()).await
     }
 
-    fn build<'a>(
-        spec: &'a StoreSpec,
-        path: &'a str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<BoxStore>> + Send + 'a>> {
-        // Boxed because the factory recurses through layouts of any depth.
+    /// As [`from_spec`](Self::from_spec), resolving `ref_store` nodes in `registry`.
+    ///
+    /// ```
+    /// use casstack::{BoxStore, Memory, Registry, StoreSpec};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// let registry = Registry::new();
+    /// registry.insert("CAS", Memory::default())?;
+    /// let spec = StoreSpec::from_toml(r#"ref_store = { name = "CAS" }"#)?;
+    /// let store = BoxStore::from_spec_with(&spec, registry).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_spec_with(spec: &StoreSpec, registry: Registry) -> Result<BoxStore> {
+        BoxStore::build(spec, &BuildContext::new(registry)).await
+    }
+
+    /// The run-time factory: boxed because it recurses through layouts of any depth.
+    fn build<'a>(spec: &'a StoreSpec, cx: &'a BuildContext) -> BoxedBuild<'a> {
         Box::pin(async move {
             Ok(match spec {
-                StoreSpec::Memory(_) => BoxStore::new(Memory::from_spec_at(spec, path).await?),
+                StoreSpec::Memory(_) => BoxStore::new(Memory::from_spec_in(spec, cx).await?),
                 StoreSpec::Noop(_) => BoxStore::new(Noop),
-                StoreSpec::Boxed(inner) => {
-                    BoxStore::build(inner, &child_path(path, "boxed", "")).await?
+                #[cfg(feature = "fs")]
+                StoreSpec::Filesystem(_) => BoxStore::new(
+                    crate::stores::filesystem::Filesystem::from_spec_in(spec, cx).await?,
+                ),
+                #[cfg(not(feature = "fs"))]
+                StoreSpec::Filesystem(_) => return Err(disabled(cx, "filesystem", "fs")),
+                StoreSpec::FastSlow(_) => {
+                    BoxStore::new(FastSlow::<BoxStore, BoxStore>::from_spec_in(spec, cx).await?)
                 }
+                StoreSpec::SizePartitioning(_) => BoxStore::new(
+                    SizePartition::<BoxStore, BoxStore>::from_spec_in(spec, cx).await?,
+                ),
+                #[cfg(feature = "zstd")]
+                StoreSpec::Compression(_) => BoxStore::new(
+                    crate::wrappers::compress::Compress::<BoxStore>::from_spec_in(spec, cx).await?,
+                ),
+                #[cfg(not(feature = "zstd"))]
+                StoreSpec::Compression(_) => return Err(disabled(cx, "compression", "zstd")),
+                #[cfg(feature = "dedup")]
+                StoreSpec::Dedup(_) => BoxStore::new(
+                    crate::wrappers::dedup::Dedup::<BoxStore, BoxStore>::from_spec_in(spec, cx)
+                        .await?,
+                ),
+                #[cfg(not(feature = "dedup"))]
+                StoreSpec::Dedup(_) => return Err(disabled(cx, "dedup", "dedup")),
+                StoreSpec::Verify(_) => {
+                    BoxStore::new(Verify::<BoxStore>::from_spec_in(spec, cx).await?)
+                }
+                StoreSpec::ExistenceCache(_) => {
+                    BoxStore::new(ExistenceCache::<BoxStore>::from_spec_in(spec, cx).await?)
+                }
+                StoreSpec::Shard(_) => {
+                    BoxStore::new(Shard::<BoxStore>::from_spec_in(spec, cx).await?)
+                }
+                StoreSpec::RefStore(node) => BoxStore::new(
+                    cx.registry
+                        .get_boxed(&node.name)
+                        .map_err(|e| cx.located(e))?,
+                ),
+                StoreSpec::Boxed(inner) => BoxStore::build(inner, &cx.child("boxed", "")).await?,
             })
         })
     }
+}
+
+/// `Unimplemented`: the layout names a store whose cargo feature this build lacks.
+#[allow(dead_code)] // used only in builds that lack a feature
+fn disabled(cx: &BuildContext, kind: &str, feature: &str) -> Error {
+    cx.located(Error::new(
+        Code::Unimplemented,
+        format!("the layout uses `{kind}`, but casstack was built without feature `{feature}`"),
+    ))
 }
 
 /// Deserializes a byte size: an integer, or a string with a unit (`"64kib"`, `"1.5gb"`).
@@ -204,11 +643,16 @@ impl BoxStore {
 /// let limits: Limits = toml::from_str(r#"max = "2mib""#).unwrap();
 /// assert_eq!(limits.max, 2 << 20);
 /// ```
-pub fn bytes<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<u64, D::Error> {
-    deserializer.deserialize_any(Quantity {
+pub fn bytes<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let n = deserializer.deserialize_any(Quantity {
         parse: parse_bytes,
         what: "a byte size",
-    })
+    })?;
+    T::try_from(n).map_err(|_| D::Error::custom(format!("byte size {n} is too large here")))
 }
 
 /// Deserializes a duration in whole seconds: an integer, or a string (`"90s"`, `"7d"`).

@@ -109,6 +109,13 @@ pub(crate) const KINDS: &[Kind] = &[
         children: Children::Inline,
         feature: None,
     },
+    // A store registered by name, type-erased: its type is not in the layout.
+    Kind {
+        name: "ref_store",
+        type_name: "Ref<::casstack::BoxStore>",
+        children: Children::None,
+        feature: None,
+    },
 ];
 
 /// Whether the macro was built with the mirror of casstack's feature `name`.

@@ -35,17 +35,26 @@ pub(crate) struct LayoutError {
 }
 
 pub(crate) fn parse(text: &str) -> Result<Node, LayoutError> {
+    parse_with(text, model::feature_enabled)
+}
+
+/// As [`parse`], with the test of whether a cargo feature is on given by the caller.
+fn parse_with(text: &str, feature_enabled: fn(&str) -> bool) -> Result<Node, LayoutError> {
     let root = DeTable::parse(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let message = e.message().trim().to_string();
         at(text, offset, format!("malformed TOML: {message}"))
     })?;
-    let parser = Parser { text };
+    let parser = Parser {
+        text,
+        feature_enabled,
+    };
     parser.store(root.get_ref(), root.span().start, "the layout", 1)
 }
 
 struct Parser<'a> {
     text: &'a str,
+    feature_enabled: fn(&str) -> bool,
 }
 
 impl Parser<'_> {
@@ -94,7 +103,7 @@ impl Parser<'_> {
             )
         })?;
         if let Some(feature) = kind.feature
-            && !model::feature_enabled(feature)
+            && !(self.feature_enabled)(feature)
         {
             return Err(at(
                 self.text,
@@ -291,6 +300,18 @@ lower_store.memory = {}
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_store_whose_feature_is_off_is_named_in_the_error() {
+        let text = "[verify.backend.redis_store]\naddresses = []\n";
+        let err = parse_with(text, |_| false).unwrap_err();
+        assert_eq!((err.line, err.column), (1, 17));
+        assert_eq!(
+            err.message,
+            "layout uses `redis_store` but feature `redis` of casstack is not enabled"
+        );
+        assert!(parse_with(text, |f| f == "redis").is_ok());
     }
 
     #[test]

@@ -1,0 +1,753 @@
+//! The `Filesystem` store itself: open, has, get, put, and the commit protocol that keeps the
+//! index and the disk in agreement.
+
+use std::fmt;
+use std::fs::{self, File, FileTimes};
+use std::future::{Future, ready};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use tokio::sync::Semaphore;
+
+use crate::body::{Body, drain_body};
+use crate::error::{Code, Error, Result, ResultExt as _};
+use crate::eviction::EvictingMap;
+use crate::key::Key;
+use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
+use crate::stores::memory::check_out_len;
+
+use super::config::FilesystemConfig;
+use super::names::{self, DIGESTS, NAMES};
+use super::scan;
+use super::stream::{FileStream, read_chunk};
+use super::temp::TempFile;
+
+/// Bytes of a body buffered before they are written to the temp file in one blocking call.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// A store of files on a local disk. Cloning it shares the same store.
+///
+/// See the [module docs](crate::stores::filesystem) for the layout, the consistency rules and
+/// the failure codes.
+///
+/// ```
+/// use casstack::{Digest, Filesystem, FilesystemConfig, StoreExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let content = dir.path().join("content").to_str().unwrap().to_owned();
+/// # let temp = dir.path().join("tmp").to_str().unwrap().to_owned();
+/// let store = Filesystem::open(FilesystemConfig::new(content.clone(), temp.clone())).await?;
+/// let d = Digest::of(b"durable");
+/// store.put_bytes(d, "durable".into()).await?;
+/// drop(store);
+///
+/// let reopened = Filesystem::open(FilesystemConfig::new(content, temp)).await?;
+/// assert_eq!(reopened.get_bytes(d).await?, "durable");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Filesystem {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    content: PathBuf,
+    temp: PathBuf,
+    /// Open handles of `d/` and `s/`, to fsync a rename into them.
+    digest_dir: File,
+    name_dir: File,
+    /// Exclusive locks on `content_path` and `temp_path`, released when the store closes.
+    _locks: Vec<File>,
+    /// Key -> true object size; the index's own size is the block-rounded one.
+    index: EvictingMap<u64>,
+    /// Held while renaming a file into place together with its index insert, and while
+    /// deleting the files of dropped keys: see "Consistency" in the module docs.
+    commit: Mutex<()>,
+    dropped: Arc<Dropped>,
+    listeners: RwLock<Vec<Arc<dyn RemovalListener>>>,
+    writes: Option<Arc<Semaphore>>,
+    read_buffer_size: usize,
+    block_size: u64,
+    /// `FilesystemConfig::check_digest_sizes`.
+    check_digest_sizes: bool,
+    #[cfg(test)]
+    fault: Mutex<Option<(Fault, io::ErrorKind)>>,
+}
+
+/// Where a test can make the next upload fail with an injected I/O error.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Write,
+    Sync,
+    Rename,
+}
+
+/// Keys the index has dropped (evicted, expired, replaced, removed) whose files may have to
+/// be deleted. The index tells it synchronously; it only queues, never takes another lock.
+#[derive(Debug, Default)]
+struct Dropped {
+    keys: Mutex<Vec<Key>>,
+    any: AtomicBool,
+}
+
+impl RemovalListener for Dropped {
+    fn removed(&self, key: &Key) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key.clone());
+        self.any.store(true, SeqCst);
+    }
+}
+
+impl Filesystem {
+    /// Opens (creating if needed) the store at `config.content_path`.
+    ///
+    /// Creates the directories, refuses a `temp_path` on another filesystem than
+    /// `content_path` (`InvalidArgument`), wipes `temp_path`, then scans `d/` and `s/` in
+    /// parallel without reading file contents: every valid file is indexed, oldest access
+    /// time first, and every invalid one (a name that is not a key, a digest file whose
+    /// length is not the digest's size, anything that is not a regular file) is deleted.
+    /// `Unavailable` if another open store holds the directories (after waiting a second for
+    /// it to close).
+    ///
+    /// ```
+    /// use casstack::{Code, Filesystem, FilesystemConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let err = Filesystem::open(FilesystemConfig::default()).await.unwrap_err();
+    /// assert_eq!(err.code(), Code::InvalidArgument); // content_path is required
+    /// # }
+    /// ```
+    pub async fn open(config: FilesystemConfig) -> Result<Self> {
+        let (content, temp) = config.expanded_paths()?;
+        tokio::task::spawn_blocking(move || Inner::open(&config, content, temp))
+            .await
+            .map_err(|e| {
+                Error::new(Code::Internal, "opening the filesystem store failed").with_source(e)
+            })?
+            .map(|inner| Filesystem {
+                inner: Arc::new(inner),
+            })
+    }
+
+    /// Number of stored objects.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// assert_eq!(store.len(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn len(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    /// True when nothing is stored.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// assert!(store.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The accounted size of the stored objects: each rounded up to whole `block_size`
+    /// blocks, which is what `eviction_policy.max_bytes` limits.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig, StoreExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// store.put_bytes("one byte", "x".into()).await?;
+    /// assert_eq!(store.total_bytes(), 4096);
+    /// assert_eq!(store.has("one byte").await?, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.index.total_bytes()
+    }
+
+    /// The stored keys, least recently used first.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig, StoreExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// store.put_bytes("a", "1".into()).await?;
+    /// assert_eq!(store.keys(), vec!["a".into()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn keys(&self) -> Vec<Key> {
+        self.inner.index.keys_lru_first()
+    }
+
+    /// The directory objects live in (`content_path` after expansion).
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// assert!(store.content_path().join("d").is_dir());
+    /// # Ok(()) }
+    /// ```
+    pub fn content_path(&self) -> &Path {
+        &self.inner.content
+    }
+
+    /// The directory uploads are written in (`temp_path` after expansion).
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// assert!(store.temp_path().ends_with("t"));
+    /// # Ok(()) }
+    /// ```
+    pub fn temp_path(&self) -> &Path {
+        &self.inner.temp
+    }
+
+    /// Removes `key` and deletes its file, telling removal listeners; true if it was present.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig, StoreExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// store.put_bytes("k", "v".into()).await?;
+    /// assert!(store.remove(&"k".into()).await?);
+    /// assert_eq!(store.has("k").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove(&self, key: &Key) -> Result<bool> {
+        let inner = self.inner.clone();
+        let key = key.clone();
+        blocking(move || Ok(inner.remove(&key))).await
+    }
+
+    /// Runs the eviction rules now and deletes the files of everything dropped. Expiry by
+    /// `max_seconds` otherwise happens only on uploads and on reads of an expired key.
+    /// Returns how many keys left.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// assert_eq!(store.evict_now().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn evict_now(&self) -> Result<usize> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner.index.evict_now();
+            Ok(inner.delete_dropped())
+        })
+        .await
+    }
+
+    /// The path a key is stored under (whether or not it is present).
+    #[cfg(test)]
+    pub(crate) fn path_of(&self, key: &Key) -> Result<PathBuf> {
+        self.inner.path_of(key)
+    }
+
+    /// Makes the next upload step `at` fail with `kind`.
+    #[cfg(test)]
+    pub(crate) fn inject_fault(&self, at: Fault, kind: io::ErrorKind) {
+        *self.inner.fault.lock().unwrap() = Some((at, kind));
+    }
+
+    fn sizes(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
+        check_out_len(keys, out)?;
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            *slot = if key.is_empty_blob() {
+                Some(0)
+            } else {
+                self.inner.index.get(key)
+            };
+        }
+        self.after_read();
+        Ok(())
+    }
+
+    async fn read(&self, key: Key, range: ByteRange) -> Result<FileStream> {
+        if key.is_empty_blob() {
+            range.resolve(0).map_err(|e| e.with_key(key.clone()))?;
+            return Ok(FileStream::empty(key));
+        }
+        let path = self.inner.path_of(&key)?;
+        if self.inner.index.get(&key).is_none() {
+            self.after_read();
+            return Err(Error::not_found(key));
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.open_for_read(key, &path, range)).await
+    }
+
+    async fn write<B: Body>(&self, key: Key, size: UploadSize, mut body: B) -> Result<u64> {
+        if key.is_empty_blob() {
+            return drain_body(&key, UploadSize::Exact(0), body).await;
+        }
+        let path = self.inner.path_of(&key)?;
+        if let Key::Digest(d) = &key
+            && self.inner.check_digest_sizes
+            && (size.limit() < d.size() || size.exact().is_some_and(|n| n != d.size()))
+        {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "declared upload size {size:?} does not match the digest's size (a \
+                     Filesystem under Compress or Dedup needs check_digest_sizes = false)"
+                ),
+            )
+            .with_key(key));
+        }
+        if let Some(n) = size.exact() {
+            self.inner.check_fits(&key, n)?;
+        }
+        // The temp file is created only once there are bytes to write, so a slow client
+        // holds no file while it has sent nothing.
+        let mut temp: Option<TempFile> = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| e.context("reading the upload body"))?;
+            received += chunk.len() as u64;
+            size.check_progress(received)
+                .map_err(|e| e.with_key(key.clone()))?;
+            if chunk.is_empty() {
+                continue;
+            }
+            batched += chunk.len();
+            batch.push(chunk);
+            if batched >= WRITE_BATCH {
+                let inner = self.inner.clone();
+                let chunks = std::mem::take(&mut batch);
+                let open = temp.take();
+                let k = key.clone();
+                temp = Some(blocking(move || inner.append(&k, open, &chunks)).await?);
+                batched = 0;
+            }
+        }
+        size.check_end(received)
+            .map_err(|e| e.with_key(key.clone()))?;
+        if let Key::Digest(d) = &key
+            && self.inner.check_digest_sizes
+            && received != d.size()
+        {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "upload of {received} bytes for a digest of {} bytes (a Filesystem under \
+                     Compress or Dedup needs check_digest_sizes = false)",
+                    d.size()
+                ),
+            )
+            .with_key(key));
+        }
+        self.inner.check_fits(&key, received)?;
+        let permit = match &self.inner.writes {
+            Some(writes) => Some(writes.clone().acquire_owned().await.map_err(|e| {
+                Error::new(Code::Internal, "write semaphore closed").with_source(e)
+            })?),
+            None => None,
+        };
+        let inner = self.inner.clone();
+        // From here on the upload completes even if this future is dropped: the blocking task
+        // owns the temp file and either renames it into place or deletes it.
+        blocking(move || {
+            let mut file = inner.append(&key, temp, &batch)?;
+            inner
+                .inject(Fault::Sync)
+                .and_then(|()| file.sync())
+                .map_err(|e| io_error(e, "syncing", file.path(), &key))?;
+            drop(permit);
+            inner.commit(key, file, &path, received)
+        })
+        .await
+    }
+
+    /// After a read: if the index dropped keys on its own (expiry), delete their files in the
+    /// background.
+    fn after_read(&self) {
+        if !self.inner.dropped.any.load(SeqCst) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && self.inner.dropped.any.swap(false, SeqCst)
+        {
+            let inner = self.inner.clone();
+            drop(runtime.spawn_blocking(move || inner.delete_dropped()));
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[derive(Clone, Copy)]
+enum Fault {
+    Sync,
+    Write,
+    Rename,
+}
+
+impl Inner {
+    fn open(config: &FilesystemConfig, content: PathBuf, temp: PathBuf) -> Result<Self> {
+        let digests = content.join(DIGESTS);
+        let names_dir = content.join(NAMES);
+        for dir in [&digests, &names_dir, &temp] {
+            fs::create_dir_all(dir)
+                .context(format_args!("filesystem store: creating {}", dir.display()))?;
+        }
+        scan::check_same_device(&content, &temp)?;
+        let canonical =
+            |p: &Path| fs::canonicalize(p).context(format_args!("resolving {}", p.display()));
+        let temp_real = canonical(&temp)?;
+        for dir in [&digests, &names_dir] {
+            if temp_real.starts_with(canonical(dir)?) {
+                return Err(Error::new(
+                    Code::InvalidArgument,
+                    format!(
+                        "filesystem store: temp_path {} is inside {}, where objects live; \
+                         wiping it at startup would delete them",
+                        temp.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        // One store per directory: a second one would wipe this one's uploads and disagree
+        // with its index. The locks are held as long as the store is open.
+        let mut locks = vec![scan::lock_dir(&content)?];
+        if temp_real != canonical(&content)? {
+            locks.push(scan::lock_dir(&temp)?);
+        }
+        scan::wipe_temp(&temp)?;
+        let found = scan::scan(&content, scan::default_threads(), config.check_digest_sizes)?;
+        scan::delete_invalid(&found.invalid)?;
+
+        let open_dir = |p: &Path| File::open(p).context(format_args!("opening {}", p.display()));
+        let dropped = Arc::new(Dropped::default());
+        let index = EvictingMap::new(config.eviction_policy);
+        index.subscribe(dropped.clone());
+        let inner = Inner {
+            digest_dir: open_dir(&digests)?,
+            name_dir: open_dir(&names_dir)?,
+            content,
+            temp,
+            _locks: locks,
+            index,
+            commit: Mutex::new(()),
+            dropped,
+            listeners: RwLock::new(Vec::new()),
+            writes: (config.max_concurrent_writes > 0)
+                .then(|| Arc::new(Semaphore::new(config.max_concurrent_writes))),
+            read_buffer_size: config.effective_read_buffer_size(),
+            block_size: config.effective_block_size(),
+            check_digest_sizes: config.check_digest_sizes,
+            #[cfg(test)]
+            fault: Mutex::new(None),
+        };
+
+        // Oldest access first, so the LRU order follows the access times and `max_seconds`
+        // sees each file's true age.
+        let mut found = found.found;
+        found.sort_unstable_by_key(|f| f.used);
+        let now = SystemTime::now();
+        for f in found {
+            let ago = now.duration_since(f.used).unwrap_or_default();
+            let accounted = inner.accounted(f.size);
+            if inner
+                .index
+                .insert_used_ago(f.key.clone(), f.size, accounted, ago)
+                .is_err()
+            {
+                // Can never fit under the policy: it would be evicted at once.
+                let path = inner.path_of(&f.key)?;
+                remove_if_exists(&path).context(format_args!("deleting {}", path.display()))?;
+            }
+        }
+        // Whatever the policy evicted while loading.
+        inner.delete_dropped();
+        Ok(inner)
+    }
+
+    fn path_of(&self, key: &Key) -> Result<PathBuf> {
+        let (dir, file) = names::file_name(key)?;
+        Ok(self.content.join(dir).join(file))
+    }
+
+    /// The size `max_bytes` counts for an object of `size` bytes.
+    fn accounted(&self, size: u64) -> u64 {
+        size.div_ceil(self.block_size)
+            .saturating_mul(self.block_size)
+    }
+
+    fn check_fits(&self, key: &Key, size: u64) -> Result<()> {
+        self.index
+            .policy()
+            .check_fits(self.accounted(size))
+            .map_err(|e| e.with_key(key.clone()))
+    }
+
+    #[cfg(test)]
+    fn inject(&self, at: Fault) -> io::Result<()> {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        match *fault {
+            Some((point, kind)) if point == at => {
+                *fault = None;
+                Err(io::Error::from(kind))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn inject(&self, _at: Fault) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Writes `chunks` to the upload's temp file, creating it first if needed.
+    fn append(&self, key: &Key, temp: Option<TempFile>, chunks: &[Bytes]) -> Result<TempFile> {
+        let mut file = match temp {
+            Some(file) => file,
+            None => TempFile::create(&self.temp)
+                .map_err(|e| io_error(e, "creating a temp file in", &self.temp, key))?,
+        };
+        self.inject(Fault::Write)
+            .and_then(|()| file.write_all(chunks))
+            .map_err(|e| io_error(e, "writing", file.path(), key))?;
+        Ok(file)
+    }
+
+    /// Renames a complete, synced upload into place and indexes it, then deletes the files of
+    /// whatever the insert evicted; all under the commit lock.
+    fn commit(&self, key: Key, file: TempFile, path: &Path, size: u64) -> Result<u64> {
+        let accounted = self.accounted(size);
+        let failed = {
+            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            self.inject(Fault::Rename)
+                .and_then(|()| fs::rename(file.path(), path))
+                .map_err(|e| io_error(e, "renaming an upload to", path, &key))?;
+            file.disarm();
+            match self.index.insert(key.clone(), size, accounted) {
+                Ok(_) => None,
+                Err(e) => {
+                    // Only refused if it can never fit, which was checked; should it happen,
+                    // keep "indexed implies on disk" by dropping both.
+                    self.index.remove(&key);
+                    let _ = remove_if_exists(path);
+                    Some(e)
+                }
+            }
+        };
+        self.delete_dropped();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let dir = if key.digest().is_some() {
+            &self.digest_dir
+        } else {
+            &self.name_dir
+        };
+        dir.sync_all()
+            .map_err(|e| io_error(e, "syncing directory", path.parent().unwrap_or(path), &key))?;
+        Ok(size)
+    }
+
+    /// Deletes the files of the keys the index dropped and no longer holds, then tells the
+    /// listeners. Returns how many keys it handled.
+    fn delete_dropped(&self) -> usize {
+        let keys = {
+            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            self.dropped.any.store(false, SeqCst);
+            let keys = std::mem::take(
+                &mut *self
+                    .dropped
+                    .keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            for key in &keys {
+                // Under the commit lock nobody renames a file into place, so a key absent
+                // from the index now has no newer file that this could delete.
+                if self.index.peek(key).is_none()
+                    && let Ok(path) = self.path_of(key)
+                {
+                    // Best effort: a file that cannot be deleted is unindexed and is
+                    // replaced by the next upload of its key or re-indexed at startup.
+                    let _ = remove_if_exists(&path);
+                }
+            }
+            keys
+        };
+        if !keys.is_empty() {
+            let listeners = self
+                .listeners
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for key in &keys {
+                for listener in listeners.iter() {
+                    listener.removed(key);
+                }
+            }
+        }
+        keys.len()
+    }
+
+    fn remove(&self, key: &Key) -> bool {
+        let present = {
+            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            self.index.remove(key).is_some()
+        };
+        self.delete_dropped();
+        present
+    }
+
+    fn open_for_read(&self, key: Key, path: &Path, range: ByteRange) -> Result<FileStream> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget_if_missing(&key, path);
+                return Err(Error::not_found(key));
+            }
+            Err(e) => return Err(io_error(e, "opening", path, &key)),
+        };
+        // The open file's own length: the object may have been replaced since the index
+        // lookup, and files never change once in place.
+        let size = file
+            .metadata()
+            .map_err(|e| io_error(e, "reading the metadata of", path, &key))?
+            .len();
+        let span = range.resolve(size).map_err(|e| e.with_key(key.clone()))?;
+        // Record the access in the file, so the LRU order survives a restart. Best effort.
+        let _ = file.set_times(FileTimes::new().set_accessed(SystemTime::now()));
+        let wanted = span.end - span.start;
+        let first_len = wanted.min(self.read_buffer_size as u64);
+        let first = read_chunk(&file, span.start, first_len as usize)
+            .map_err(|e| io_error(e, "reading", path, &key))?;
+        if (first.len() as u64) < first_len {
+            return Err(Error::new(
+                Code::DataLoss,
+                "file is shorter than it was a moment ago: changed behind the store's back",
+            )
+            .with_key(key));
+        }
+        Ok(FileStream::new(
+            key,
+            file,
+            first,
+            span.start + first_len,
+            wanted - first_len,
+            self.read_buffer_size,
+        ))
+    }
+
+    /// The index holds `key` but its file is gone (deleted behind the store's back): drop the
+    /// entry, so `has` stops reporting it.
+    fn forget_if_missing(&self, key: &Key, path: &Path) {
+        {
+            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            if fs::symlink_metadata(path).is_ok() {
+                return;
+            }
+            self.index.remove(key);
+        }
+        self.delete_dropped();
+    }
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// An I/O error with what was being done to which path, and the key.
+fn io_error(e: io::Error, doing: &str, path: &Path, key: &Key) -> Error {
+    Error::from(e)
+        .context(format_args!("{doing} {}", path.display()))
+        .with_key(key.clone())
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Error::new(Code::Internal, "a blocking filesystem task failed").with_source(e)
+    })?
+}
+
+impl Store for Filesystem {
+    type Reader = FileStream;
+
+    fn has_many(
+        &self,
+        keys: &[Key],
+        out: &mut [Option<u64>],
+    ) -> impl Future<Output = Result<()>> + Send {
+        ready(self.sizes(keys, out))
+    }
+
+    fn get(&self, key: Key, range: ByteRange) -> impl Future<Output = Result<FileStream>> + Send {
+        self.read(key, range)
+    }
+
+    fn put<B: Body>(
+        &self,
+        key: Key,
+        size: UploadSize,
+        body: B,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        self.write(key, size, body)
+    }
+
+    fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+}
+
+impl fmt::Debug for Filesystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Filesystem")
+            .field("content_path", &self.inner.content)
+            .field("temp_path", &self.inner.temp)
+            .field("index", &self.inner.index)
+            .field("block_size", &self.inner.block_size)
+            .field("read_buffer_size", &self.inner.read_buffer_size)
+            .finish_non_exhaustive()
+    }
+}

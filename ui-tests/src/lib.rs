@@ -1,0 +1,1 @@
+//! Compile-fail tests of `casstack::layout!` live in `tests/`.

@@ -1,0 +1,3 @@
+casstack::layout!(type Cas = inline "[memory\nmax_bytes = 1");
+
+fn main() {}

@@ -1,0 +1,3 @@
+casstack::layout!(pub type Cas = "no/such/layout.toml");
+
+fn main() {}

@@ -1,0 +1,7 @@
+casstack::layout!(type Cas = inline r#"
+[fast_slow]
+fast = { memory = {}, noop = {} }
+slow.memory = {}
+"#);
+
+fn main() {}
