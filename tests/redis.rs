@@ -355,12 +355,15 @@ async fn key_ttl_applies_to_stored_objects_and_expiry_is_reported() {
 }
 
 #[tokio::test]
-async fn maxmemory_eviction_is_reported_to_listeners() {
+async fn maxmemory_eviction_is_reported_so_an_existence_cache_above_forgets() {
+    use casstack::{ExistenceCache, ExistenceCacheConfig};
     let server = RedisServer::start();
     server.command(&["CONFIG", "SET", "notify-keyspace-events", "Exe"]);
-    let store = connect(&server, "cas:").await;
-    assert!(store.notifies_removals());
-    let mut removed = listener(&store);
+    let redis = connect(&server, "cas:").await;
+    assert!(redis.notifies_removals());
+    // The cache subscribes first, so it has heard of a removal before the test's listener.
+    let store = ExistenceCache::new(redis, ExistenceCacheConfig::default());
+    let mut removed = listener(store.get_ref());
     let first = blob(256 << 10, 0);
     let first_digest = Digest::of(&first);
     store.put_bytes(first_digest, first).await.unwrap();
@@ -394,7 +397,9 @@ async fn maxmemory_eviction_is_reported_to_listeners() {
     let gone = next_removal(&mut removed).await;
     let gone_digest = gone.digest().expect("a digest key");
     assert!(stored.contains(&gone_digest), "{gone:?}");
+    // Every stored digest was cached as present by its put; the evicted one no longer is.
     assert_eq!(store.has(gone_digest).await.unwrap(), None);
+    assert_eq!(store.get_ref().has(gone_digest).await.unwrap(), None);
     // Temporary keys evicted mid-upload are never reported.
     assert!(gone.name().is_none());
 }
@@ -544,4 +549,78 @@ fn missing_redis_server_is_a_failure_with_an_install_hint() {
     let err = RedisServer::try_start("/nonexistent/redis-server".into(), &[])
         .expect_err("a missing binary must not start");
     assert!(err.contains("apt-get install -y redis-server"), "{err}");
+}
+
+#[test]
+fn size_partition_of_redis_and_memory_conforms() {
+    use casstack::{Memory, SizePartition, SizePartitionConfig};
+    let server = RedisServer::start();
+    let case = AtomicU64::new(0);
+    Conformance::new().cases(24).name_keys(false).check(|| {
+        let config = config(
+            &server,
+            &format!("sp{}:", case.fetch_add(1, Ordering::SeqCst)),
+        );
+        async move {
+            SizePartition::new(
+                Redis::connect(config).await.unwrap(),
+                Memory::default(),
+                SizePartitionConfig { size: 4 << 10 },
+            )
+        }
+    });
+}
+
+#[test]
+fn fast_slow_of_memory_over_redis_conforms() {
+    use casstack::{FastSlow, FastSlowConfig, Memory};
+    let server = RedisServer::start();
+    let case = AtomicU64::new(0);
+    Conformance::new().cases(24).check(|| {
+        let config = config(
+            &server,
+            &format!("fs{}:", case.fetch_add(1, Ordering::SeqCst)),
+        );
+        async move {
+            FastSlow::new(
+                Memory::default(),
+                Redis::connect(config).await.unwrap(),
+                FastSlowConfig::default(),
+            )
+        }
+    });
+}
+
+#[tokio::test]
+async fn an_existence_cache_above_redis_forgets_expired_keys() {
+    use casstack::{ExistenceCache, ExistenceCacheConfig};
+    let server = RedisServer::start_with(&["--notify-keyspace-events", "Exe"]);
+    let store = ExistenceCache::new(
+        connect(&server, "cas:").await,
+        ExistenceCacheConfig::default(),
+    );
+    let data = blob(1_000, 5);
+    let d = Digest::of(&data);
+    store.put_bytes(d, data).await.unwrap();
+    assert_eq!(store.has(d).await.unwrap(), Some(1_000));
+    // The cache answers from memory: with the key moved away (no event for that under
+    // `Exe`), it still claims it, which shows the cache is really consulted below.
+    let redis_key = format!("cas:{d}");
+    server.command(&["RENAME", &redis_key, "elsewhere"]);
+    assert_eq!(store.get_ref().has(d).await.unwrap(), None);
+    assert_eq!(
+        store.has(d).await.unwrap(),
+        Some(1_000),
+        "cached as present"
+    );
+    server.command(&["RENAME", "elsewhere", &redis_key]);
+    // Redis drops it behind the cache's back (it expires); the cache hears of it.
+    let mut removed = listener(store.get_ref());
+    server.command(&["PEXPIRE", &redis_key, "1"]);
+    assert_eq!(next_removal(&mut removed).await, Key::Digest(d));
+    assert_eq!(
+        store.has(d).await.unwrap(),
+        None,
+        "the cache no longer claims it"
+    );
 }
