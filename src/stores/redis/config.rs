@@ -196,6 +196,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The password of `url`, if it has one (for scrubbing it out of error messages).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn url_secret(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
