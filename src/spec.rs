@@ -59,7 +59,7 @@ pub enum StoreSpec {
     Filesystem(FilesystemConfig),
     /// `S3` (feature `s3`): `s3_store = { bucket = "cas", region = "eu-west-1" }`; see
     /// [`S3Config`](crate::S3Config) for the other fields.
-    S3Store(crate::stores::s3::S3Config),
+    S3Store(Box<crate::stores::s3::S3Config>),
     /// [`FastSlow`]: `fast_slow = { fast = { memory = {} }, slow = { filesystem = {..} } }`,
     /// plus `fast_direction`, `slow_direction` (`both`, `update`, `get`, `read_only`).
     FastSlow(FastSlowSpec),
@@ -79,6 +79,9 @@ pub enum StoreSpec {
     /// [`Ref`]: `ref_store = { name = "CAS" }`, a store registered under that name in the
     /// [`Registry`] the layout is built with.
     RefStore(RefStoreSpec),
+    /// `Redis` (feature `redis`):
+    /// `redis_store = { addresses = ["redis://127.0.0.1:6379"], key_prefix = "cas:" }`.
+    RedisStore(crate::stores::redis::RedisConfig),
     /// [`BoxStore`] around the store inside: `boxed = { memory = {} }`. Cuts the static type
     /// of a deep subtree, at the cost of dynamic dispatch at this one level.
     Boxed(Box<StoreSpec>),
@@ -283,6 +286,7 @@ impl StoreSpec {
             StoreSpec::ExistenceCache(_) => "existence_cache",
             StoreSpec::Shard(_) => "shard",
             StoreSpec::RefStore(_) => "ref_store",
+            StoreSpec::RedisStore(_) => "redis_store",
             StoreSpec::Boxed(_) => "boxed",
         }
     }
@@ -414,11 +418,23 @@ impl FromSpec for crate::stores::filesystem::Filesystem {
     }
 }
 
+#[cfg(feature = "redis")]
+impl FromSpec for crate::stores::redis::Redis {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        match spec {
+            StoreSpec::RedisStore(config) => Self::connect(config.clone())
+                .await
+                .map_err(|e| cx.located(e)),
+            other => Err(cx.mismatch("redis_store", other)),
+        }
+    }
+}
+
 #[cfg(feature = "s3")]
 impl FromSpec for crate::stores::s3::S3 {
     async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
         match spec {
-            StoreSpec::S3Store(config) => Self::new(config.clone()).map_err(|e| cx.located(e)),
+            StoreSpec::S3Store(config) => Self::new((**config).clone()).map_err(|e| cx.located(e)),
             other => Err(cx.mismatch("s3_store", other)),
         }
     }
@@ -640,6 +656,12 @@ impl BoxStore {
                         .get_boxed(&node.name)
                         .map_err(|e| cx.located(e))?,
                 ),
+                #[cfg(feature = "redis")]
+                StoreSpec::RedisStore(_) => {
+                    BoxStore::new(crate::stores::redis::Redis::from_spec_in(spec, cx).await?)
+                }
+                #[cfg(not(feature = "redis"))]
+                StoreSpec::RedisStore(_) => return Err(disabled(cx, "redis_store", "redis")),
                 StoreSpec::Boxed(inner) => BoxStore::build(inner, &cx.child("boxed", "")).await?,
             })
         })

@@ -3,4 +3,5 @@
 pub mod filesystem;
 pub mod memory;
 pub mod noop;
+pub mod redis;
 pub mod s3;

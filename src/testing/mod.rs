@@ -48,6 +48,8 @@
 
 mod faulty;
 mod model;
+#[cfg(feature = "redis")]
+mod redis_server;
 #[cfg(feature = "s3")]
 mod s3_server;
 mod strategy;
@@ -61,6 +63,9 @@ use proptest::test_runner::{Config, TestError, TestRunner};
 use crate::store::Store;
 
 pub use faulty::{CutStream, Fault, Faulty, Operation};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_server::RedisServer;
 #[cfg(feature = "s3")]
 #[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
 pub use s3_server::{MOTO_INSTALL_HINT, S3Server};

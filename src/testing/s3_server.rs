@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::stores::s3::{RetryConfig, S3, S3Config, S3Credentials};
+use crate::stores::redis::RetryConfig;
+use crate::stores::s3::{S3, S3Config, S3Credentials};
 
 /// How long moto may take to start (a cold start compiles its Python modules).
 const START_TIMEOUT: Duration = Duration::from_secs(90);

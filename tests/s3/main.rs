@@ -600,3 +600,21 @@ fn layout_macro_names_the_s3_type() {
     casstack::layout!(type Cas = inline "s3_store = { bucket = \"cas\" }");
     let _: Option<Cas> = None::<S3>;
 }
+
+#[tokio::test]
+async fn a_range_refused_for_an_object_replaced_since_is_asked_again() {
+    let (store, proxy) = proxied(|_| {}).await;
+    let data = blob(5000, 14);
+    store.put_bytes("k", data.clone()).await.unwrap();
+    // As if the GET had seen an older, shorter object: S3 refuses the range, the HEAD then
+    // finds it inside the (new) object, and the read asks again.
+    proxy.inject("GET", "/k", 0, 1, Action::Status(416, "InvalidRange"));
+    let range = ByteRange::new(4000, Some(100));
+    let got = store.get_range_bytes("k", range).await.unwrap();
+    assert_eq!(got, data.slice(4000..4100));
+    assert_eq!(proxy.count("GET", "/k"), 2);
+    assert_eq!(proxy.count("HEAD", "/k"), 1);
+    proxy.inject("GET", "/k", 0, 3, Action::Status(416, "InvalidRange"));
+    let err = store.get_range_bytes("k", range).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+}

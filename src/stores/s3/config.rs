@@ -1,4 +1,4 @@
-//! [`S3Config`], [`S3Credentials`] and [`RetryConfig`].
+//! [`S3Config`] and [`S3Credentials`].
 //!
 //! Compiled whatever the features, so a lean build still parses every layout.
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Code, Error, Result};
+use crate::stores::redis::RetryConfig;
 
 /// The smallest part S3 accepts in a multipart upload (all parts but the last): 5 MiB.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -85,7 +86,9 @@ pub struct S3Config {
     pub multipart_max_concurrent_uploads: usize,
     /// How many `HeadObject` requests one `has_many` runs at once. Default: 16.
     pub max_concurrent_heads: usize,
-    /// How transient failures are retried. Default: 5 retries from 100 ms, jitter 0.5.
+    /// How transient failures (5xx, `SlowDown` and other throttling, timeouts, broken
+    /// connections) are retried; other failures (4xx) never are. Each wait is at most 30 s.
+    /// Default: [`RetryConfig::default`] (3 retries from 100 ms, jitter 0.5).
     pub retry: RetryConfig,
     /// An object last modified at least this many seconds ago counts as absent in `has`, and
     /// its key is reported to removal listeners (a bucket lifecycle rule deletes it soon).
@@ -203,7 +206,20 @@ impl S3Config {
                 self.request_timeout
             ));
         }
-        self.retry.validate()
+        let retry = &self.retry;
+        if !(retry.delay.is_finite() && (0.0..=3600.0).contains(&retry.delay)) {
+            return bad(format!(
+                "`retry.delay` must be 0 to 3600 seconds, got {}",
+                retry.delay
+            ));
+        }
+        if !(0.0..=1.0).contains(&retry.jitter) {
+            return bad(format!(
+                "`retry.jitter` must be 0 to 1, got {}",
+                retry.jitter
+            ));
+        }
+        Ok(())
     }
 
     /// `request_timeout` as a `Duration`.
@@ -280,68 +296,6 @@ impl fmt::Debug for S3Credentials {
     }
 }
 
-/// How transient failures (5xx, `SlowDown`, throttling, timeouts, broken connections) are
-/// retried: attempt `k` (1, 2, ...) waits `delay × 2^(k-1)` seconds, multiplied by a random
-/// factor in `[1 - jitter/2, 1 + jitter/2)`, at most 30 s. Other failures (4xx) are never
-/// retried. (NativeLink's first retry waits `2 × delay`, against its own documentation; here
-/// the first waits `delay`.)
-///
-/// ```
-/// let r = casstack::RetryConfig { max_retries: 3, delay: 0.05, jitter: 0.0 };
-/// assert!(r.validate().is_ok());
-/// assert_eq!(casstack::RetryConfig::default().max_retries, 5);
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Retries after the first attempt; 0 turns retrying off. Default: 5.
-    pub max_retries: u32,
-    /// Seconds before the first retry. Default: 0.1.
-    pub delay: f64,
-    /// Spread of the random factor, 0 to 1 (0 = none). Default: 0.5.
-    pub jitter: f64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_retries: 5,
-            delay: 0.1,
-            jitter: 0.5,
-        }
-    }
-}
-
-impl RetryConfig {
-    /// `InvalidArgument` if `delay` is negative or not a number, or `jitter` is outside 0..=1.
-    ///
-    /// ```
-    /// let r = casstack::RetryConfig { jitter: 2.0, ..Default::default() };
-    /// assert!(r.validate().is_err());
-    /// ```
-    pub fn validate(&self) -> Result<()> {
-        if !(self.delay.is_finite() && self.delay >= 0.0 && self.delay <= 3600.0) {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!(
-                    "s3 config: `retry.delay` must be 0 to 3600 seconds, got {}",
-                    self.delay
-                ),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(Error::new(
-                Code::InvalidArgument,
-                format!(
-                    "s3 config: `retry.jitter` must be 0 to 1, got {}",
-                    self.jitter
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,7 +320,7 @@ mod tests {
         assert_eq!(c.part_size, 16 << 20);
         assert_eq!(c.consider_expired_after_s, 86_400);
         assert_eq!(c.retry.max_retries, 2);
-        assert_eq!(c.retry.delay, 0.1);
+        assert_eq!(c.retry.delay, 0.1, "unset retry fields keep their defaults");
         assert_eq!(c.multipart_threshold, 5 << 20);
         assert!(matches!(c.credentials, S3Credentials::Static { .. }));
         c.validate().unwrap();
@@ -429,6 +383,16 @@ mod tests {
                     ..S3Config::new("b")
                 },
                 "retry.delay",
+            ),
+            (
+                S3Config {
+                    retry: RetryConfig {
+                        jitter: 1.5,
+                        ..Default::default()
+                    },
+                    ..S3Config::new("b")
+                },
+                "retry.jitter",
             ),
         ] {
             let err = config.validate().unwrap_err();

@@ -30,7 +30,7 @@
 //!   delete it; until then `get` still reads it).
 //! - **Retries**: 5xx, `SlowDown` and other throttling, `RequestTimeout`, timeouts, refused or
 //!   reset connections and truncated responses are retried with exponential backoff and jitter
-//!   ([`RetryConfig`]); other 4xx are never retried. Each request is
+//!   ([`RetryConfig`](crate::RetryConfig), shared with `Redis`); other 4xx are never retried. Each request is
 //!   bounded by `request_timeout`.
 //! - Credentials come from AWS's default chain, the environment, a profile, or the config;
 //!   neither `Debug` nor any error prints a secret.
@@ -79,7 +79,7 @@ mod store;
 #[cfg(feature = "s3")]
 mod stream;
 
-pub use config::{MAX_SINGLE_PUT, MIN_PART_SIZE, RetryConfig, S3Config, S3Credentials};
+pub use config::{MAX_SINGLE_PUT, MIN_PART_SIZE, S3Config, S3Credentials};
 #[cfg(feature = "s3")]
 pub use store::S3;
 #[cfg(feature = "s3")]

@@ -1,8 +1,8 @@
 //! Exponential backoff with jitter, and the retry loop every S3 request goes through.
 //!
 //! A small loop rather than a retry crate: the rules (which failures are transient, the
-//! NativeLink-compatible `delay`/`jitter` config, resuming a read stream) are the store's own,
-//! and the loop is twenty lines.
+//! NativeLink-compatible `delay`/`jitter` config shared with `Redis`, resuming a read stream)
+//! are the store's own, and the loop is twenty lines.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Code, Error, Result};
 
-use super::config::RetryConfig;
+use crate::stores::redis::RetryConfig;
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -24,11 +24,7 @@ pub(crate) fn is_transient(error: &Error) -> bool {
 
 /// The wait before retry number `retry` (1 = the first retry).
 pub(crate) fn backoff(config: &RetryConfig, retry: u32) -> Duration {
-    let base = config.delay * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
-    let factor = 1.0 + config.jitter * (unit_random() - 0.5);
-    Duration::try_from_secs_f64(base * factor)
-        .unwrap_or(MAX_BACKOFF)
-        .min(MAX_BACKOFF)
+    config.backoff(retry, unit_random()).min(MAX_BACKOFF)
 }
 
 /// A number in `[0, 1)`, from the standard library's per-instance random hash keys.

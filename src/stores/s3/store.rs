@@ -25,6 +25,9 @@ use super::stream::S3Stream;
 /// 10 MiB, ... reach S3's 5 TiB object limit within its 10,000 parts.
 const PARTS_PER_GROWTH: u32 = 800;
 
+/// How often a read looks a refused range up again when the object changes in between.
+const RANGE_RACE_ATTEMPTS: u32 = 3;
+
 /// The longest object key S3 accepts, in bytes.
 const MAX_OBJECT_KEY: usize = 1024;
 
@@ -221,45 +224,65 @@ impl S3 {
         let config = &self.inner.config;
         let client = &self.inner.client;
         if range.len == Some(0) {
-            return self.read_nothing(key, &object, range).await;
+            // Never a range inside the object, so the answer is final.
+            let nothing = self.read_nothing(&key, &object, range).await?;
+            return Ok(nothing.unwrap_or_else(S3Stream::empty));
         }
         let last = range.len.map(|len| range.offset.saturating_add(len) - 1);
-        let got = retry(&config.retry, || {
-            client.get(&object, range.offset, last, None)
-        })
-        .await;
-        match got {
-            Ok(got) => Ok(S3Stream::new(
-                client.clone(),
-                key,
-                object,
-                range.offset,
-                got,
-                config.retry.clone(),
-            )),
-            // S3 refuses a range that starts at or past the end; at the end it is empty.
-            Err(e) if e.code() == Code::OutOfRange => self.read_nothing(key, &object, range).await,
-            Err(e) => Err(e.with_key(key)),
+        // A 416 followed by a HEAD that finds the range inside the object means a larger
+        // object replaced the one the GET saw: ask again.
+        for _ in 0..RANGE_RACE_ATTEMPTS {
+            let got = retry(&config.retry, || {
+                client.get(&object, range.offset, last, None)
+            })
+            .await;
+            match got {
+                Ok(got) => {
+                    return Ok(S3Stream::new(
+                        client.clone(),
+                        key,
+                        object,
+                        range.offset,
+                        got,
+                        config.retry.clone(),
+                    ));
+                }
+                // S3 refuses a range that starts at or past the end; at the end it is empty.
+                Err(e) if e.code() == Code::OutOfRange => {
+                    if let Some(nothing) = self.read_nothing(&key, &object, range).await? {
+                        return Ok(nothing);
+                    }
+                }
+                Err(e) => return Err(e.with_key(key)),
+            }
         }
+        Err(Error::new(
+            Code::Unavailable,
+            "the object kept being replaced while its range was looked up",
+        )
+        .with_key(key))
     }
 
-    /// An empty reader if `range` is within the object, else `NotFound` or `OutOfRange`.
-    async fn read_nothing(&self, key: Key, object: &str, range: ByteRange) -> Result<S3Stream> {
+    /// For a range S3 refused: an empty reader if the range starts exactly at the end,
+    /// `NotFound` or `OutOfRange` if it should have been refused, `None` if it is inside the
+    /// object (which must have changed since).
+    async fn read_nothing(
+        &self,
+        key: &Key,
+        object: &str,
+        range: ByteRange,
+    ) -> Result<Option<S3Stream>> {
         let client = &self.inner.client;
         let head = retry(&self.inner.config.retry, || client.head(object))
             .await
             .map_err(|e| e.with_key(key.clone()))?;
         let Some(head) = head else {
-            return Err(Error::not_found(key));
+            return Err(Error::not_found(key.clone()));
         };
-        let span = range.resolve(head.size).map_err(|e| e.with_key(key))?;
-        if !span.is_empty() {
-            return Err(Error::new(
-                Code::Unavailable,
-                "S3 refused a range inside the object; it changed while it was read",
-            ));
-        }
-        Ok(S3Stream::empty())
+        let span = range
+            .resolve(head.size)
+            .map_err(|e| e.with_key(key.clone()))?;
+        Ok(span.is_empty().then(S3Stream::empty))
     }
 
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
@@ -438,7 +461,7 @@ fn joined(
 /// Aborts a multipart upload if dropped while armed (the put future was dropped).
 struct AbortGuard {
     client: Client,
-    retry: super::config::RetryConfig,
+    retry: crate::stores::redis::RetryConfig,
     object: String,
     upload_id: String,
     armed: bool,

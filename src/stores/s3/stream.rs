@@ -13,8 +13,8 @@ use crate::error::{Code, Error, Result};
 use crate::key::Key;
 
 use super::client::{BodyStream, Client, Got, map_body_error, poll_body};
-use super::config::RetryConfig;
 use super::retry::{backoff, gave_up, is_transient};
+use crate::stores::redis::RetryConfig;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Got>> + Send>>;
 
