@@ -30,7 +30,7 @@
 //! | [`Redis`](stores::redis) | a Redis server: pipelined `has_many`, `GETRANGE` windows, staged uploads renamed into place, keyspace-event removals | `redis` |
 //! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
-//! | `S3` | objects in an S3 bucket or S3-compatible server: multipart uploads, resumed ranged reads, retries | `s3` |
+//! | [`S3`](stores::s3) | objects in an S3 bucket or S3-compatible server: multipart uploads, resumed ranged reads, retries | `s3` |
 //!
 //! ## Wrappers
 //!
@@ -52,7 +52,7 @@
 //! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
 //! | `dedup` | `Dedup` | fastcdc, crc32fast |
 //! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
-//! | `s3` | `S3` | rusoto_s3 + rusoto_core (maintenance mode, RUSTSEC-2022-0071), hyper 0.14, rustls 0.20, hyper-rustls, httpdate: about 100 crates, the heaviest feature |
+//! | `s3` | [`S3`](stores::s3) | rusoto_s3 + rusoto_core (maintenance mode, RUSTSEC-2022-0071), hyper 0.14, rustls 0.20, hyper-rustls, httpdate: about 100 crates, the heaviest feature |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |

@@ -326,8 +326,10 @@ async fn a_multipart_upload_failing_on_part_3_leaves_nothing() {
             .await
             .unwrap_err();
         assert!(err.message().contains("part 3"), "{action:?}: {err}");
+        assert!(!err.message().contains("aborting"), "the abort worked: {err}");
         assert_eq!(store.has("k").await.unwrap(), None);
-        assert_eq!(proxy.count("DELETE", "uploadId="), 1, "{action:?}");
+        // One abort, or a few when a transient failure made the store retry it.
+        assert!(proxy.count("DELETE", "uploadId=") >= 1, "{action:?}");
         assert!(store.incomplete_uploads().await.unwrap().is_empty());
     }
 }
@@ -350,7 +352,7 @@ async fn a_failing_body_aborts_the_multipart_upload() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     assert_eq!(proxy.count("POST", "uploads"), 1);
-    assert_eq!(proxy.count("DELETE", "uploadId="), 1);
+    assert!(proxy.count("DELETE", "uploadId=") >= 1);
     assert_eq!(store.has("k").await.unwrap(), None);
     assert!(store.incomplete_uploads().await.unwrap().is_empty());
 }
