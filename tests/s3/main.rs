@@ -326,7 +326,10 @@ async fn a_multipart_upload_failing_on_part_3_leaves_nothing() {
             .await
             .unwrap_err();
         assert!(err.message().contains("part 3"), "{action:?}: {err}");
-        assert!(!err.message().contains("aborting"), "the abort worked: {err}");
+        assert!(
+            !err.message().contains("aborting"),
+            "the abort worked: {err}"
+        );
         assert_eq!(store.has("k").await.unwrap(), None);
         // One abort, or a few when a transient failure made the store retry it.
         assert!(proxy.count("DELETE", "uploadId=") >= 1, "{action:?}");
