@@ -14,6 +14,7 @@ casstack::layout!(type SingleNode = "layouts/single-node.toml");
 casstack::layout!(type Reliable = "layouts/reliable.toml");
 casstack::layout!(type Tiered = "layouts/tiered.toml");
 casstack::layout!(type RedisTier = "layouts/redis-tier.toml");
+casstack::layout!(type Production = "layouts/production.toml");
 
 /// Every layout file and whether the stack takes name keys (`verify` takes only digests).
 const LAYOUTS: &[(&str, bool)] = &[
@@ -23,6 +24,7 @@ const LAYOUTS: &[(&str, bool)] = &[
     ("reliable.toml", false),
     ("tiered.toml", false),
     ("redis-tier.toml", false),
+    ("production.toml", false),
 ];
 
 /// Where a layout's placeholders point: `$CASSTACK_DATA` at a fresh directory under `root`,
@@ -30,10 +32,18 @@ const LAYOUTS: &[(&str, bool)] = &[
 struct Places<'a> {
     root: &'a Path,
     redis: Option<String>,
+    s3: Option<&'a casstack::testing::S3Server>,
 }
 
 fn spec(file: &str, root: &Path) -> StoreSpec {
-    spec_in(file, &Places { root, redis: None })
+    spec_in(
+        file,
+        &Places {
+            root,
+            redis: None,
+            s3: None,
+        },
+    )
 }
 
 fn spec_in(file: &str, places: &Places<'_>) -> StoreSpec {
@@ -47,6 +57,24 @@ fn spec_in(file: &str, places: &Places<'_>) -> StoreSpec {
             .replace("$REDIS_URL", url)
             .replace("$KEY_PREFIX", &format!("case{case}:"));
     }
+    if let Some(s3) = places.s3 {
+        // A fresh bucket per case, created before the store is built from the layout.
+        let config = s3.config();
+        let bucket = config.bucket.clone();
+        // On a thread of its own: this runs inside the checker's runtime.
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(s3.fresh_store(config))
+            });
+        });
+        text = text
+            .replace("$S3_BUCKET", &bucket)
+            .replace("$S3_ENDPOINT", s3.endpoint());
+    }
     let text = text.replace("$CASSTACK_DATA", dir.to_str().unwrap());
     StoreSpec::from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
@@ -58,9 +86,13 @@ fn conforms<S: Store + FromSpec>(file: &str) {
     let server = text
         .contains("$REDIS_URL")
         .then(casstack::testing::RedisServer::start);
+    let s3 = text
+        .contains("$S3_ENDPOINT")
+        .then(casstack::testing::S3Server::start);
     let places = Places {
         root: root.path(),
         redis: server.as_ref().map(|s| s.url()),
+        s3: s3.as_ref(),
     };
     let names = LAYOUTS.iter().find(|(f, _)| *f == file).unwrap().1;
     let checker = Conformance::new().cases(24).name_keys(names);
@@ -110,6 +142,21 @@ fn reliable_layout_conforms() {
 #[test]
 fn tiered_layout_conforms() {
     conforms::<Tiered>("tiered.toml");
+}
+
+#[test]
+fn production_layout_conforms() {
+    conforms::<Production>("production.toml");
+}
+
+#[test]
+fn production_layout_reads_the_same_from_json() {
+    let toml = std::fs::read_to_string("layouts/production.toml").unwrap();
+    let json = std::fs::read_to_string("layouts/production.json").unwrap();
+    assert_eq!(
+        StoreSpec::from_json(&json).unwrap(),
+        StoreSpec::from_toml(&toml).unwrap()
+    );
 }
 
 #[test]
