@@ -32,8 +32,10 @@
 //! | `casstack_evictions_total`, `casstack_evicted_bytes_total` | `store` = `memory` / `filesystem` / `existence_cache` | entries (and their bytes) dropped by eviction or age, not replacements |
 //!
 //! Handles are registered when the layer is built, with the recorder installed then: install
-//! the recorder (an exporter) first. Without one, every handle is a no-op and nothing is
-//! recorded; the layer still reads the clock once per operation.
+//! the recorder (an exporter) first. A layer built without one (the facade's zero-sized no-op
+//! recorder in its place) records nothing and skips the clock and the counting: what is
+//! left is a branch per operation and per chunk, and the spans. A recorder of zero size is
+//! taken for no recorder.
 //!
 //! # Tracing
 //!
@@ -130,6 +132,9 @@ pub struct Metrics<S> {
 /// The layer's registered metric handles (no-ops when no recorder was installed).
 pub(crate) struct Handles {
     name: Arc<str>,
+    /// A recorder was installed when the layer was built: without one, every handle is a
+    /// no-op, and the layer skips the clock and the counting altogether.
+    live: bool,
     has_hit: Counter,
     has_miss: Counter,
     has_error: Counter,
@@ -149,6 +154,10 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     fn register(name: &str) -> Handles {
         describe();
         let store = name.to_owned();
@@ -159,6 +168,8 @@ impl Handles {
         let seconds = |op: &'static str| ::metrics::histogram!("casstack_operation_seconds", "store" => store.clone(), "op" => op);
         Handles {
             name: Arc::from(name),
+            // The facade's stand-in when no recorder is installed is a zero-sized no-op.
+            live: ::metrics::with_recorder(|recorder| size_of_val(recorder) != 0),
             has_hit: operation("has", "hit"),
             has_miss: operation("has", "miss"),
             has_error: operation("has", "error"),
@@ -254,6 +265,9 @@ impl<S> Metrics<S> {
 
 impl<S: Store> Metrics<S> {
     async fn sizes(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
+        if !self.handles.live {
+            return self.inner.has_many(keys, out).await;
+        }
         let start = Instant::now();
         let result = self.inner.has_many(keys, out).await;
         let handles = &*self.handles;
@@ -272,8 +286,17 @@ impl<S: Store> Metrics<S> {
         result
     }
 
+    /// The handles, if there is a recorder to report to.
+    fn live(&self) -> Option<&Arc<Handles>> {
+        if self.handles.live {
+            Some(&self.handles)
+        } else {
+            None
+        }
+    }
+
     fn report_future_size<F>(&self, future: &F) {
-        if !self.handles.get_future_reported.load(Relaxed) {
+        if self.handles.live && !self.handles.get_future_reported.load(Relaxed) {
             self.handles.get_future_reported.store(true, Relaxed);
             self.handles
                 .get_future_bytes
@@ -284,36 +307,36 @@ impl<S: Store> Metrics<S> {
 
 #[cfg(feature = "tracing")]
 fn has_span(name: &str, keys: &[Key]) -> OpSpan {
-    tracing::debug_span!(
+    OpSpan::new(tracing::debug_span!(
         "casstack.has",
         store = name,
         keys = keys.len(),
         first_key = keys.first().map(tracing::field::display),
         outcome = tracing::field::Empty,
-    )
+    ))
 }
 
 #[cfg(feature = "tracing")]
 fn get_span(name: &str, key: &Key, range: ByteRange) -> OpSpan {
-    tracing::debug_span!(
+    OpSpan::new(tracing::debug_span!(
         "casstack.get",
         store = name,
         key = %key,
         offset = range.offset,
         len = range.len,
         outcome = tracing::field::Empty,
-    )
+    ))
 }
 
 #[cfg(feature = "tracing")]
 fn put_span(name: &str, key: &Key, size: UploadSize) -> OpSpan {
-    tracing::debug_span!(
+    OpSpan::new(tracing::debug_span!(
         "casstack.put",
         store = name,
         key = %key,
         size = ?size,
         outcome = tracing::field::Empty,
-    )
+    ))
 }
 
 #[cfg(not(feature = "tracing"))]
@@ -349,7 +372,7 @@ impl<S: Store> Store for Metrics<S> {
 
     fn get(&self, key: Key, range: ByteRange) -> impl Future<Output = Result<Self::Reader>> + Send {
         let span = get_span(&self.handles.name, &key, range);
-        let future = MetricsGet::new(self.inner.get(key, range), &self.handles, span);
+        let future = MetricsGet::new(self.inner.get(key, range), self.live(), span);
         self.report_future_size(&future);
         future
     }
@@ -361,8 +384,9 @@ impl<S: Store> Store for Metrics<S> {
         body: B,
     ) -> impl Future<Output = Result<u64>> + Send {
         let span = put_span(&self.handles.name, &key, size);
-        let body = MetricsBody::new(body, self.handles.clone());
-        MetricsPut::new(self.inner.put(key, size, body), &self.handles, span)
+        let body = MetricsBody::new(body, self.live().cloned());
+        let handles = self.live().map(Arc::as_ref);
+        MetricsPut::new(self.inner.put(key, size, body), handles, span)
     }
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {

@@ -16,9 +16,38 @@ use pin_project::pin_project;
 use super::Handles;
 use crate::error::{Code, Result};
 
-/// The span an operation runs in (feature `tracing`), or nothing.
+/// The span an operation runs in (feature `tracing`): boxed, and only when enabled, so a
+/// disabled span costs one word in the futures and readers that carry it (every `Metrics`
+/// layer of a stack carries one, and futures are moved layer by layer).
 #[cfg(feature = "tracing")]
-pub(crate) type OpSpan = tracing::Span;
+#[derive(Debug)]
+pub(crate) struct OpSpan(Option<Box<tracing::Span>>);
+
+#[cfg(feature = "tracing")]
+impl OpSpan {
+    pub(crate) fn new(span: tracing::Span) -> Self {
+        OpSpan((!span.is_disabled()).then(|| Box::new(span)))
+    }
+
+    #[inline]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.0.as_deref().map(tracing::Span::enter)
+    }
+
+    /// Records how the operation ended.
+    #[inline]
+    pub(crate) fn record_outcome(&self, outcome: &'static str) {
+        if let Some(span) = &self.0 {
+            span.record("outcome", outcome);
+        }
+    }
+
+    /// Moves the span out (to the reader), leaving none.
+    #[inline]
+    pub(crate) fn take(&mut self) -> OpSpan {
+        OpSpan(self.0.take())
+    }
+}
 
 /// The span an operation runs in: this build has no `tracing`, so nothing.
 #[cfg(not(feature = "tracing"))]
@@ -38,21 +67,17 @@ impl OpSpan {
     }
 
     #[inline(always)]
-    pub(crate) fn record(&self, _field: &str, _value: &str) -> &Self {
-        self
+    pub(crate) fn record_outcome(&self, _: &'static str) {}
+
+    #[inline(always)]
+    pub(crate) fn take(&mut self) -> OpSpan {
+        OpSpan
     }
 }
 
-/// Takes the span out of `span`, leaving an empty one (moves it to the reader, no clone).
-#[cfg(feature = "tracing")]
-fn take_span(span: &mut OpSpan) -> OpSpan {
-    std::mem::replace(span, tracing::Span::none())
-}
-
-#[cfg(not(feature = "tracing"))]
-#[inline(always)]
-fn take_span(_: &mut OpSpan) -> OpSpan {
-    OpSpan
+/// The store name, if the handles are there (a plain function: no closure in generic code).
+fn name_of(handles: &Option<Arc<Handles>>) -> Option<&str> {
+    handles.as_deref().map(Handles::name)
 }
 
 /// A reader that counts the bytes (and a failure) passing through it.
@@ -75,12 +100,13 @@ fn take_span(_: &mut OpSpan) -> OpSpan {
 pub struct MetricsStream<R> {
     #[pin]
     inner: R,
-    handles: Arc<Handles>,
+    /// `None` when no recorder was installed: nothing to count.
+    handles: Option<Arc<Handles>>,
     span: OpSpan,
 }
 
 impl<R> MetricsStream<R> {
-    pub(crate) fn new(inner: R, handles: Arc<Handles>, span: OpSpan) -> Self {
+    pub(crate) fn new(inner: R, handles: Option<Arc<Handles>>, span: OpSpan) -> Self {
         MetricsStream {
             inner,
             handles,
@@ -96,10 +122,12 @@ impl<R: Stream<Item = Result<Bytes>>> Stream for MetricsStream<R> {
         let this = self.project();
         let _entered = this.span.enter();
         let item = ready!(this.inner.poll_next(cx));
-        match &item {
-            Some(Ok(chunk)) => this.handles.read_bytes.increment(chunk.len() as u64),
-            Some(Err(_)) => this.handles.read_errors.increment(1),
-            None => {}
+        if let Some(handles) = this.handles {
+            match &item {
+                Some(Ok(chunk)) => handles.read_bytes.increment(chunk.len() as u64),
+                Some(Err(_)) => handles.read_errors.increment(1),
+                None => {}
+            }
         }
         Poll::Ready(item)
     }
@@ -112,7 +140,7 @@ impl<R: Stream<Item = Result<Bytes>>> Stream for MetricsStream<R> {
 impl<R> fmt::Debug for MetricsStream<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsStream")
-            .field("store", &self.handles.name)
+            .field("store", &name_of(&self.handles))
             .finish_non_exhaustive()
     }
 }
@@ -135,11 +163,12 @@ impl<R> fmt::Debug for MetricsStream<R> {
 pub struct MetricsBody<B> {
     #[pin]
     inner: B,
-    handles: Arc<Handles>,
+    /// `None` when no recorder was installed: nothing to count.
+    handles: Option<Arc<Handles>>,
 }
 
 impl<B> MetricsBody<B> {
-    pub(crate) fn new(inner: B, handles: Arc<Handles>) -> Self {
+    pub(crate) fn new(inner: B, handles: Option<Arc<Handles>>) -> Self {
         MetricsBody { inner, handles }
     }
 }
@@ -150,8 +179,8 @@ impl<B: Stream<Item = Result<Bytes>>> Stream for MetricsBody<B> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         let this = self.project();
         let item = ready!(this.inner.poll_next(cx));
-        if let Some(Ok(chunk)) = &item {
-            this.handles.written_bytes.increment(chunk.len() as u64);
+        if let (Some(Ok(chunk)), Some(handles)) = (&item, this.handles) {
+            handles.written_bytes.increment(chunk.len() as u64);
         }
         Poll::Ready(item)
     }
@@ -164,7 +193,7 @@ impl<B: Stream<Item = Result<Bytes>>> Stream for MetricsBody<B> {
 impl<B> fmt::Debug for MetricsBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsBody")
-            .field("store", &self.handles.name)
+            .field("store", &name_of(&self.handles))
             .finish_non_exhaustive()
     }
 }
@@ -174,19 +203,26 @@ impl<B> fmt::Debug for MetricsBody<B> {
 pub(crate) struct MetricsGet<'a, F> {
     #[pin]
     inner: F,
-    handles: &'a Arc<Handles>,
-    start: Instant,
+    /// The handles and the start time; `None` (and no clock read) without a recorder.
+    meter: Option<(&'a Arc<Handles>, Instant)>,
     span: OpSpan,
 }
 
 impl<'a, F> MetricsGet<'a, F> {
-    pub(crate) fn new(inner: F, handles: &'a Arc<Handles>, span: OpSpan) -> Self {
+    pub(crate) fn new(inner: F, handles: Option<&'a Arc<Handles>>, span: OpSpan) -> Self {
         MetricsGet {
             inner,
-            handles,
-            start: Instant::now(),
+            meter: start(handles),
             span,
         }
+    }
+}
+
+/// The handles and the time now, if there is anything to record.
+fn start<H>(handles: Option<H>) -> Option<(H, Instant)> {
+    match handles {
+        Some(handles) => Some((handles, Instant::now())),
+        None => None,
     }
 }
 
@@ -200,30 +236,25 @@ where
         let this = self.project();
         let entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
-        let handles = *this.handles;
-        handles.get_seconds.record(this.start.elapsed());
         let outcome = match &result {
-            Ok(_) => {
-                handles.get_hit.increment(1);
-                "hit"
-            }
-            Err(e) if e.code() == Code::NotFound => {
-                handles.get_miss.increment(1);
-                "miss"
-            }
-            Err(_) => {
-                handles.get_error.increment(1);
-                "error"
-            }
+            Ok(_) => "hit",
+            Err(e) if e.code() == Code::NotFound => "miss",
+            Err(_) => "error",
         };
-        this.span.record("outcome", outcome);
+        let mut handles = None;
+        if let Some((h, start)) = *this.meter {
+            h.get_seconds.record(start.elapsed());
+            match outcome {
+                "hit" => h.get_hit.increment(1),
+                "miss" => h.get_miss.increment(1),
+                _ => h.get_error.increment(1),
+            }
+            handles = Some(h.clone());
+        }
+        this.span.record_outcome(outcome);
         drop(entered);
         Poll::Ready(match result {
-            Ok(reader) => Ok(MetricsStream::new(
-                reader,
-                handles.clone(),
-                take_span(this.span),
-            )),
+            Ok(reader) => Ok(MetricsStream::new(reader, handles, this.span.take())),
             Err(e) => Err(e),
         })
     }
@@ -234,17 +265,16 @@ where
 pub(crate) struct MetricsPut<'a, F> {
     #[pin]
     inner: F,
-    handles: &'a Handles,
-    start: Instant,
+    /// The handles and the start time; `None` (and no clock read) without a recorder.
+    meter: Option<(&'a Handles, Instant)>,
     span: OpSpan,
 }
 
 impl<'a, F> MetricsPut<'a, F> {
-    pub(crate) fn new(inner: F, handles: &'a Handles, span: OpSpan) -> Self {
+    pub(crate) fn new(inner: F, handles: Option<&'a Handles>, span: OpSpan) -> Self {
         MetricsPut {
             inner,
-            handles,
-            start: Instant::now(),
+            meter: start(handles),
             span,
         }
     }
@@ -260,18 +290,15 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
-        this.handles.put_seconds.record(this.start.elapsed());
-        let outcome = match &result {
-            Ok(_) => {
-                this.handles.put_ok.increment(1);
-                "ok"
+        if let Some((handles, start)) = *this.meter {
+            handles.put_seconds.record(start.elapsed());
+            match &result {
+                Ok(_) => handles.put_ok.increment(1),
+                Err(_) => handles.put_error.increment(1),
             }
-            Err(_) => {
-                this.handles.put_error.increment(1);
-                "error"
-            }
-        };
-        this.span.record("outcome", outcome);
+        }
+        this.span
+            .record_outcome(if result.is_ok() { "ok" } else { "error" });
         Poll::Ready(result)
     }
 }
@@ -299,7 +326,7 @@ impl<F: Future<Output = Result<()>>> Future for TracedHas<F> {
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        this.span.record("outcome", outcome);
+        this.span.record_outcome(outcome);
         Poll::Ready(result)
     }
 }
