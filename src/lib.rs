@@ -27,6 +27,7 @@
 //! |---|---|---|
 //! | [`Memory`] | blobs in RAM, LRU eviction, zero-copy reads | always |
 //! | [`Noop`] | keeps nothing | always |
+//! | [`Redis`](stores::redis) | a Redis server: pipelined `has_many`, `GETRANGE` windows, staged uploads renamed into place, keyspace-event removals | `redis` |
 //! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
 //!
@@ -54,6 +55,7 @@
 //! | `metrics` | `Metrics`, and the counters of the wrappers and eviction index | the `metrics` facade crate |
 //! | `tracing` | debug spans on every operation of a `Metrics` layer (turns on `metrics`) | `tracing` (no proc macro) |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
+//! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
 //!
 //! # Errors
@@ -118,6 +120,10 @@ pub use stores::filesystem::Filesystem;
 pub use stores::filesystem::FilesystemConfig;
 pub use stores::memory::{Memory, MemoryConfig};
 pub use stores::noop::Noop;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use stores::redis::Redis;
+pub use stores::redis::{RedisConfig, RetryConfig};
 #[cfg(feature = "zstd")]
 pub use wrappers::compress::{Compress, CompressConfig};
 #[cfg(feature = "dedup")]

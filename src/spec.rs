@@ -79,6 +79,9 @@ pub enum StoreSpec {
     /// `Metrics` (feature `metrics`): `metrics = { name = "cas", backend = {..} }`, counts
     /// and latencies of the store inside under the label `name`.
     Metrics(MetricsSpec),
+    /// `Redis` (feature `redis`):
+    /// `redis_store = { addresses = ["redis://127.0.0.1:6379"], key_prefix = "cas:" }`.
+    RedisStore(crate::stores::redis::RedisConfig),
     /// [`BoxStore`] around the store inside: `boxed = { memory = {} }`. Cuts the static type
     /// of a deep subtree, at the cost of dynamic dispatch at this one level.
     Boxed(Box<StoreSpec>),
@@ -291,6 +294,7 @@ impl StoreSpec {
             StoreSpec::Shard(_) => "shard",
             StoreSpec::RefStore(_) => "ref_store",
             StoreSpec::Metrics(_) => "metrics",
+            StoreSpec::RedisStore(_) => "redis_store",
             StoreSpec::Boxed(_) => "boxed",
         }
     }
@@ -418,6 +422,18 @@ impl FromSpec for crate::stores::filesystem::Filesystem {
                 Self::open(config.clone()).await.map_err(|e| cx.located(e))
             }
             other => Err(cx.mismatch("filesystem", other)),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl FromSpec for crate::stores::redis::Redis {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        match spec {
+            StoreSpec::RedisStore(config) => Self::connect(config.clone())
+                .await
+                .map_err(|e| cx.located(e)),
+            other => Err(cx.mismatch("redis_store", other)),
         }
     }
 }
@@ -649,6 +665,12 @@ impl BoxStore {
                 ),
                 #[cfg(not(feature = "metrics"))]
                 StoreSpec::Metrics(_) => return Err(disabled(cx, "metrics", "metrics")),
+                #[cfg(feature = "redis")]
+                StoreSpec::RedisStore(_) => {
+                    BoxStore::new(crate::stores::redis::Redis::from_spec_in(spec, cx).await?)
+                }
+                #[cfg(not(feature = "redis"))]
+                StoreSpec::RedisStore(_) => return Err(disabled(cx, "redis_store", "redis")),
                 StoreSpec::Boxed(inner) => BoxStore::build(inner, &cx.child("boxed", "")).await?,
             })
         })

@@ -13,6 +13,7 @@ casstack::layout!(type Local = "layouts/local.toml");
 casstack::layout!(type SingleNode = "layouts/single-node.toml");
 casstack::layout!(type Reliable = "layouts/reliable.toml");
 casstack::layout!(type Tiered = "layouts/tiered.toml");
+casstack::layout!(type RedisTier = "layouts/redis-tier.toml");
 
 /// Every layout file and whether the stack takes name keys (`verify` takes only digests).
 const LAYOUTS: &[(&str, bool)] = &[
@@ -21,27 +22,54 @@ const LAYOUTS: &[(&str, bool)] = &[
     ("single-node.toml", false),
     ("reliable.toml", false),
     ("tiered.toml", false),
+    ("redis-tier.toml", false),
 ];
 
-/// The layout's TOML with `$CASSTACK_DATA` pointing at a fresh directory under `root`.
+/// Where a layout's placeholders point: `$CASSTACK_DATA` at a fresh directory under `root`,
+/// `$REDIS_URL` / `$KEY_PREFIX` at the test's Redis server and a fresh prefix.
+struct Places<'a> {
+    root: &'a Path,
+    redis: Option<String>,
+}
+
 fn spec(file: &str, root: &Path) -> StoreSpec {
+    spec_in(file, &Places { root, redis: None })
+}
+
+fn spec_in(file: &str, places: &Places<'_>) -> StoreSpec {
+    let root = places.root;
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = root.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
-    let text = std::fs::read_to_string(Path::new("layouts").join(file)).unwrap();
+    let case = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(case.to_string());
+    let mut text = std::fs::read_to_string(Path::new("layouts").join(file)).unwrap();
+    if let Some(url) = &places.redis {
+        text = text
+            .replace("$REDIS_URL", url)
+            .replace("$KEY_PREFIX", &format!("case{case}:"));
+    }
     let text = text.replace("$CASSTACK_DATA", dir.to_str().unwrap());
     StoreSpec::from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 fn conforms<S: Store + FromSpec>(file: &str) {
     let root = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(Path::new("layouts").join(file)).unwrap();
+    // Started only for layouts that use Redis, stopped when the test ends.
+    let server = text
+        .contains("$REDIS_URL")
+        .then(casstack::testing::RedisServer::start);
+    let places = Places {
+        root: root.path(),
+        redis: server.as_ref().map(|s| s.url()),
+    };
     let names = LAYOUTS.iter().find(|(f, _)| *f == file).unwrap().1;
     let checker = Conformance::new().cases(24).name_keys(names);
     checker.check(|| {
-        let spec = spec(file, root.path());
+        let spec = spec_in(file, &places);
         async move { S::from_spec(&spec).await.unwrap() }
     });
     checker.check(|| {
-        let spec = spec(file, root.path());
+        let spec = spec_in(file, &places);
         async move { BoxStore::from_spec(&spec).await.unwrap() }
     });
 }
@@ -82,6 +110,11 @@ fn reliable_layout_conforms() {
 #[test]
 fn tiered_layout_conforms() {
     conforms::<Tiered>("tiered.toml");
+}
+
+#[test]
+fn redis_tier_layout_conforms() {
+    conforms::<RedisTier>("redis-tier.toml");
 }
 
 #[tokio::test]

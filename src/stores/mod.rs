@@ -3,3 +3,4 @@
 pub mod filesystem;
 pub mod memory;
 pub mod noop;
+pub mod redis;

@@ -43,6 +43,8 @@
 
 mod faulty;
 mod model;
+#[cfg(feature = "redis")]
+mod redis_server;
 mod strategy;
 
 use std::fmt;
@@ -54,6 +56,9 @@ use proptest::test_runner::{Config, TestError, TestRunner};
 use crate::store::Store;
 
 pub use faulty::{CutStream, Fault, Faulty, Operation};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_server::RedisServer;
 pub use strategy::{
     BlobSpec, BodyFault, Case, Content, Op, blob, byte_range, digest_key, name_key,
 };

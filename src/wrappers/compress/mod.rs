@@ -312,10 +312,12 @@ impl<S: Store> Compress<S> {
                 Ok(footer) => return (slot, Ok(Some(footer.uncompressed_size))),
                 Err(e) if e.code() == Code::NotFound => return (slot, Ok(None)),
                 Err(e) if e.code() == Code::DataLoss => {
-                    // Replaced between `has` and the footer read, or corrupt.
+                    // Replaced between `has` and the footer read (perhaps by an object of
+                    // the same stored size), or corrupt: size it again and retry; an object
+                    // still unreadable after every attempt counts as absent.
                     match self.inner.has(key.clone()).await {
-                        Ok(Some(now)) if now != stored => stored = now,
-                        Ok(_) => return (slot, Ok(None)),
+                        Ok(Some(now)) => stored = now,
+                        Ok(None) => return (slot, Ok(None)),
                         Err(e) => return (slot, Err(e)),
                     }
                 }
