@@ -10,6 +10,7 @@
 //! | any store without its own check (the default) | a round trip of a small fixed blob under its digest: `put`, `has`, `get`, compare |
 //! | `Memory`, `Noop` | nothing can fail: always ok |
 //! | `Filesystem` | stats `content_path`, `d/`, `s/` and `temp_path`, and creates (then removes) a file in `temp_path` |
+//! | `Redis` | a `PING` (with the store's retries) |
 //! | wrappers | check every child; `Compress` and `Dedup` also round-trip through themselves |
 //! | `BoxStore`, `Ref` | the store inside |
 //!
