@@ -220,10 +220,8 @@ impl<'a, F> MetricsGet<'a, F> {
 
 /// The handles and the time now, if there is anything to record.
 fn start<H>(handles: Option<H>) -> Option<(H, Instant)> {
-    match handles {
-        Some(handles) => Some((handles, Instant::now())),
-        None => None,
-    }
+    // `H` is a reference to the handles, never a store type: the closure stays small.
+    handles.map(|handles| (handles, Instant::now()))
 }
 
 impl<F, R> Future for MetricsGet<'_, F>
@@ -234,8 +232,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let entered = this.span.enter();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            let _entered = this.span.enter();
+            ready!(this.inner.poll(cx))
+        };
         let outcome = match &result {
             Ok(_) => "hit",
             Err(e) if e.code() == Code::NotFound => "miss",
@@ -252,7 +252,6 @@ where
             handles = Some(h.clone());
         }
         this.span.record_outcome(outcome);
-        drop(entered);
         Poll::Ready(match result {
             Ok(reader) => Ok(MetricsStream::new(reader, handles, this.span.take())),
             Err(e) => Err(e),
