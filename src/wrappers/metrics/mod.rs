@@ -48,6 +48,20 @@
 //! `benches/metrics.rs`). The spans are written by hand, not with `#[instrument]`, which would
 //! add `async` layers to every generic method.
 //!
+//! # Cost (`benches/metrics.rs`, 1 KiB reads of `Verify<ExistenceCache<FastSlow<Memory,
+//! Memory>>>`, every read a fast hit)
+//!
+//! | | `get` | `has` |
+//! |---|---|---|
+//! | `Metrics` around each of the 5 stores, no recorder | 1.9x | 1.1x |
+//! | the same with feature `tracing`, debug off | 2.35x | 1.8x |
+//! | 5 layers, a registry-of-atomics recorder installed | 3.3x (3.8x with `tracing`) | 3.4x (4.1x) |
+//! | one `Metrics<Memory>` layer, no recorder / recorder | +10 ns / +72 ns | +4 ns / +68 ns |
+//!
+//! A recorded operation reads the clock twice and bumps a counter and a histogram; a layer
+//! around a store with a large `get` future also copies it once more. Meter the tiers you
+//! watch, not every layer.
+//!
 //! # Consistency and health
 //!
 //! Whatever the inner store promises. [`check_health`](crate::Store::check_health) is the
