@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_core::Stream;
+use metrics::Counter;
 use pin_project::pin_project;
 
 use super::Handles;
-use crate::error::{Code, Result};
+use crate::error::{Code, Error, Result};
 
 /// The span an operation runs in (feature `tracing`): boxed, and only when enabled, so a
 /// disabled span costs one word in the futures and readers that carry it (every `Metrics`
@@ -236,26 +237,52 @@ where
             let _entered = this.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let outcome = match &result {
-            Ok(_) => "hit",
-            Err(e) if e.code() == Code::NotFound => "miss",
-            Err(_) => "error",
-        };
+        let outcome = GetOutcome::of(result.as_ref().err());
         let mut handles = None;
         if let Some((h, start)) = *this.meter {
             h.get_seconds.record(start.elapsed());
-            match outcome {
-                "hit" => h.get_hit.increment(1),
-                "miss" => h.get_miss.increment(1),
-                _ => h.get_error.increment(1),
-            }
+            outcome.counter(h).increment(1);
             handles = Some(h.clone());
         }
-        this.span.record_outcome(outcome);
+        this.span.record_outcome(outcome.name());
         Poll::Ready(match result {
             Ok(reader) => Ok(MetricsStream::new(reader, handles, this.span.take())),
             Err(e) => Err(e),
         })
+    }
+}
+
+/// How a `get` ended.
+#[derive(Clone, Copy, Debug)]
+enum GetOutcome {
+    Hit,
+    Miss,
+    Error,
+}
+
+impl GetOutcome {
+    fn of(error: Option<&Error>) -> Self {
+        match error {
+            None => GetOutcome::Hit,
+            Some(e) if e.code() == Code::NotFound => GetOutcome::Miss,
+            Some(_) => GetOutcome::Error,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            GetOutcome::Hit => "hit",
+            GetOutcome::Miss => "miss",
+            GetOutcome::Error => "error",
+        }
+    }
+
+    fn counter(self, handles: &Handles) -> &Counter {
+        match self {
+            GetOutcome::Hit => &handles.get_hit,
+            GetOutcome::Miss => &handles.get_miss,
+            GetOutcome::Error => &handles.get_error,
+        }
     }
 }
 
