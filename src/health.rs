@@ -11,6 +11,7 @@
 //! | `Memory`, `Noop` | nothing can fail: always ok |
 //! | `Filesystem` | stats `content_path`, `d/`, `s/` and `temp_path`, and creates (then removes) a file in `temp_path` |
 //! | `Redis` | a `PING` (with the store's retries) |
+//! | `S3` | a `HEAD` of the bucket (with the store's retries) |
 //! | wrappers | check every child; `Compress` and `Dedup` also round-trip through themselves |
 //! | `BoxStore`, `Ref` | the store inside |
 //!

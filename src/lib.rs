@@ -30,6 +30,7 @@
 //! | [`Redis`](stores::redis) | a Redis server: pipelined `has_many`, `GETRANGE` windows, staged uploads renamed into place, keyspace-event removals | `redis` |
 //! | [`Filesystem`] | files on a local disk, durable across restarts and crashes, LRU eviction | `fs` (default) |
 //! | [`BoxStore`] | any store behind one pointer | always |
+//! | [`S3`](stores::s3) | objects in an S3 bucket or S3-compatible server: multipart uploads, resumed ranged reads, retries | `s3` |
 //!
 //! ## Wrappers
 //!
@@ -54,6 +55,7 @@
 //! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
 //! | `metrics` | `Metrics`, and the counters of the wrappers and eviction index | the `metrics` facade crate |
 //! | `tracing` | debug spans on every operation of a `Metrics` layer (turns on `metrics`) | `tracing` (no proc macro) |
+//! | `s3` | [`S3`](stores::s3) | rusoto_s3 + rusoto_core (maintenance mode, RUSTSEC-2022-0071), hyper 0.14, rustls 0.20, hyper-rustls, httpdate: about 100 crates, the heaviest feature |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
 //! | `testing` | [`testing`]: proptest strategies and the model-based conformance checker | proptest, tokio's multi-thread runtime |
@@ -124,6 +126,10 @@ pub use stores::noop::Noop;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use stores::redis::Redis;
 pub use stores::redis::{RedisConfig, RetryConfig};
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use stores::s3::S3;
+pub use stores::s3::{S3Config, S3Credentials};
 #[cfg(feature = "zstd")]
 pub use wrappers::compress::{Compress, CompressConfig};
 #[cfg(feature = "dedup")]

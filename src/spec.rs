@@ -57,6 +57,9 @@ pub enum StoreSpec {
     /// `Filesystem` (feature `fs`):
     /// `filesystem = { content_path = "~/.cache/cas/content", temp_path = "~/.cache/cas/tmp" }`.
     Filesystem(FilesystemConfig),
+    /// `S3` (feature `s3`): `s3_store = { bucket = "cas", region = "eu-west-1" }`; see
+    /// [`S3Config`](crate::S3Config) for the other fields.
+    S3Store(Box<crate::stores::s3::S3Config>),
     /// [`FastSlow`]: `fast_slow = { fast = { memory = {} }, slow = { filesystem = {..} } }`,
     /// plus `fast_direction`, `slow_direction` (`both`, `update`, `get`, `read_only`).
     FastSlow(FastSlowSpec),
@@ -285,6 +288,7 @@ impl StoreSpec {
             StoreSpec::Memory(_) => "memory",
             StoreSpec::Noop(_) => "noop",
             StoreSpec::Filesystem(_) => "filesystem",
+            StoreSpec::S3Store(_) => "s3_store",
             StoreSpec::FastSlow(_) => "fast_slow",
             StoreSpec::SizePartitioning(_) => "size_partitioning",
             StoreSpec::Compression(_) => "compression",
@@ -434,6 +438,16 @@ impl FromSpec for crate::stores::redis::Redis {
                 .await
                 .map_err(|e| cx.located(e)),
             other => Err(cx.mismatch("redis_store", other)),
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+impl FromSpec for crate::stores::s3::S3 {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        match spec {
+            StoreSpec::S3Store(config) => Self::new((**config).clone()).map_err(|e| cx.located(e)),
+            other => Err(cx.mismatch("s3_store", other)),
         }
     }
 }
@@ -626,6 +640,12 @@ impl BoxStore {
                 ),
                 #[cfg(not(feature = "fs"))]
                 StoreSpec::Filesystem(_) => return Err(disabled(cx, "filesystem", "fs")),
+                #[cfg(feature = "s3")]
+                StoreSpec::S3Store(_) => {
+                    BoxStore::new(crate::stores::s3::S3::from_spec_in(spec, cx).await?)
+                }
+                #[cfg(not(feature = "s3"))]
+                StoreSpec::S3Store(_) => return Err(disabled(cx, "s3_store", "s3")),
                 StoreSpec::FastSlow(_) => {
                     BoxStore::new(FastSlow::<BoxStore, BoxStore>::from_spec_in(spec, cx).await?)
                 }

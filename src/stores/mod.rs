@@ -4,3 +4,4 @@ pub mod filesystem;
 pub mod memory;
 pub mod noop;
 pub mod redis;
+pub mod s3;

@@ -37,6 +37,11 @@
 //! [`Faulty`] wraps a store and fails, stalls or cuts the streams of chosen calls, and counts
 //! calls: for testing what a composition does when one part misbehaves.
 //!
+//! # A local S3 server
+//!
+//! With the `s3` feature, [`S3Server`] starts moto on a free loopback port for tests of the
+//! `S3` store and compositions over it.
+//!
 //! Stores that keep data across restarts add a reopen step with
 //! [`check_with_reopen`](Conformance::check_with_reopen); stores that take only digest keys
 //! turn names off with [`name_keys(false)`](Conformance::name_keys).
@@ -45,6 +50,8 @@ mod faulty;
 mod model;
 #[cfg(feature = "redis")]
 mod redis_server;
+#[cfg(feature = "s3")]
+mod s3_server;
 mod strategy;
 
 use std::fmt;
@@ -59,6 +66,9 @@ pub use faulty::{CutStream, Fault, Faulty, Operation};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_server::RedisServer;
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use s3_server::{MOTO_INSTALL_HINT, S3Server};
 pub use strategy::{
     BlobSpec, BodyFault, Case, Content, Op, blob, byte_range, digest_key, name_key,
 };
