@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::body::{Body, BoxStream};
 use crate::error::Result;
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 
@@ -27,6 +28,7 @@ trait DynStore: Send + Sync + 'static {
     fn get_dyn(&self, key: Key, range: ByteRange) -> BoxFuture<'_, BoxStream>;
     fn put_dyn(&self, key: Key, size: UploadSize, body: BoxStream) -> BoxFuture<'_, u64>;
     fn subscribe_removals_dyn(&self, listener: Arc<dyn RemovalListener>);
+    fn check_health_dyn(&self) -> Pin<Box<dyn Future<Output = HealthStatus> + Send + '_>>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -52,6 +54,10 @@ impl<S: Store> DynStore for S {
 
     fn subscribe_removals_dyn(&self, listener: Arc<dyn RemovalListener>) {
         self.subscribe_removals(listener);
+    }
+
+    fn check_health_dyn(&self) -> Pin<Box<dyn Future<Output = HealthStatus> + Send + '_>> {
+        Box::pin(self.check_health())
     }
 
     fn type_name(&self) -> &'static str {
@@ -119,6 +125,10 @@ impl Store for BoxStore {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.0.subscribe_removals_dyn(listener);
+    }
+
+    fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
+        self.0.check_health_dyn()
     }
 }
 

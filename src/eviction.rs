@@ -118,6 +118,8 @@ pub struct EvictingMap<V> {
     ticks: AtomicU64,
     state: RwLock<State<V>>,
     listeners: RwLock<Vec<Arc<dyn RemovalListener>>>,
+    /// The kind of store this index serves, as the `store` label of its eviction counters.
+    label: &'static str,
 }
 
 struct State<V> {
@@ -157,7 +159,14 @@ impl<V: Clone> EvictingMap<V> {
                 bytes: 0,
             }),
             listeners: RwLock::new(Vec::new()),
+            label: "evicting_map",
         }
+    }
+
+    /// Names the kind of store this index serves (`"memory"`), for its eviction counters.
+    pub(crate) fn labelled(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     /// The policy this map evicts by.
@@ -438,6 +447,7 @@ impl<V: Clone> EvictingMap<V> {
         let now = self.now_ms();
         let mut byte_target = self.policy.max_bytes;
         let mut evicting = false;
+        let (mut evicted, mut evicted_bytes) = (0, 0);
         while let Some((&position, key)) = state.order.first_key_value() {
             let entry = &state.entries[key];
             let last = entry.last_tick.load(Relaxed);
@@ -464,8 +474,11 @@ impl<V: Clone> EvictingMap<V> {
             let key = state.order.remove(&position).expect("first key exists");
             let entry = state.entries.remove(&key).expect("indexed");
             state.bytes -= entry.size;
+            evicted += 1;
+            evicted_bytes += entry.size;
             removed.push((key, entry.value));
         }
+        crate::observe::evicted(self.label, evicted, evicted_bytes);
     }
 
     fn remove_if_too_old(&self, key: &Key) {
@@ -477,6 +490,7 @@ impl<V: Clone> EvictingMap<V> {
                     let entry = state.entries.remove(key).expect("present");
                     state.order.remove(&entry.position);
                     state.bytes -= entry.size;
+                    crate::observe::evicted(self.label, 1, entry.size);
                     true
                 }
                 _ => false,

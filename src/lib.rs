@@ -44,6 +44,7 @@
 //! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
 //! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
 //! | `Dedup` | content-defined chunking (FastCDC): chunks stored once by sha256, a chunk list per key | `dedup` |
+//! | `Metrics` | operation counts, bytes and latencies per named store through the `metrics` facade; debug spans | `metrics`, `tracing` |
 //!
 //! # Features
 //!
@@ -52,6 +53,8 @@
 //! | `zstd` | `Compress` | the zstd C library (built from source by `zstd-sys`), crc32fast |
 //! | `dedup` | `Dedup` | fastcdc, crc32fast |
 //! | `fs` (default) | [`Filesystem`] | tokio's `fs` feature |
+//! | `metrics` | `Metrics`, and the counters of the wrappers and eviction index | the `metrics` facade crate |
+//! | `tracing` | debug spans on every operation of a `Metrics` layer (turns on `metrics`) | `tracing` (no proc macro) |
 //! | `s3` | [`S3`](stores::s3) | rusoto_s3 + rusoto_core (maintenance mode, RUSTSEC-2022-0071), hyper 0.14, rustls 0.20, hyper-rustls, httpdate: about 100 crates, the heaviest feature |
 //! | `macros` | [`layout!`]: a TOML layout file turned into the store type at build time | syn, quote, toml (build time only) |
 //! | `redis` | [`Redis`](stores::redis): a Redis backend (tests start `redis-server`) | deadpool-redis, redis (tokio, no TLS) |
@@ -75,7 +78,9 @@ mod body;
 mod boxed;
 mod error;
 mod eviction;
+pub mod health;
 mod key;
+mod observe;
 pub mod spec;
 mod store;
 pub mod stores;
@@ -107,6 +112,7 @@ pub use body::{Body, BoxStream, Either, OneChunk, collect_body, drain_body};
 pub use boxed::BoxStore;
 pub use error::{Code, Error, Result, ResultExt};
 pub use eviction::{EvictingMap, EvictionPolicy};
+pub use health::{HealthFailure, HealthStatus};
 pub use key::{Digest, Key};
 pub use spec::{FromSpec, NoopSpec, StoreSpec};
 pub use store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
@@ -128,6 +134,9 @@ pub use stores::s3::{S3Config, S3Credentials};
 pub use wrappers::compress::{Compress, CompressConfig};
 #[cfg(feature = "dedup")]
 pub use wrappers::dedup::{Dedup, DedupConfig};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use wrappers::metrics::{Metrics, MetricsConfig};
 pub use wrappers::{
     ExistenceCache, ExistenceCacheConfig, FastSlow, FastSlowConfig, Ref, Registry, Shard,
     SizePartition, SizePartitionConfig, StoreDirection, Verify, VerifyConfig,

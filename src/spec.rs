@@ -79,6 +79,9 @@ pub enum StoreSpec {
     /// [`Ref`]: `ref_store = { name = "CAS" }`, a store registered under that name in the
     /// [`Registry`] the layout is built with.
     RefStore(RefStoreSpec),
+    /// `Metrics` (feature `metrics`): `metrics = { name = "cas", backend = {..} }`, counts
+    /// and latencies of the store inside under the label `name`.
+    Metrics(MetricsSpec),
     /// `Redis` (feature `redis`):
     /// `redis_store = { addresses = ["redis://127.0.0.1:6379"], key_prefix = "cas:" }`.
     RedisStore(crate::stores::redis::RedisConfig),
@@ -173,6 +176,14 @@ wrapper_node!(
     /// A `dedup` node.
     DedupSpec { index_store, content_store } crate::wrappers::dedup::DedupConfig
 );
+#[cfg(feature = "metrics")]
+wrapper_node!(
+    /// A `metrics` node.
+    MetricsSpec { backend } crate::wrappers::metrics::MetricsConfig
+);
+/// A `metrics` node; this build lacks feature `metrics`, so it is kept unread.
+#[cfg(not(feature = "metrics"))]
+pub type MetricsSpec = DisabledSpec;
 /// A `compression` node; this build lacks feature `zstd`, so it is kept unread.
 #[cfg(not(feature = "zstd"))]
 pub type CompressionSpec = DisabledSpec;
@@ -286,6 +297,7 @@ impl StoreSpec {
             StoreSpec::ExistenceCache(_) => "existence_cache",
             StoreSpec::Shard(_) => "shard",
             StoreSpec::RefStore(_) => "ref_store",
+            StoreSpec::Metrics(_) => "metrics",
             StoreSpec::RedisStore(_) => "redis_store",
             StoreSpec::Boxed(_) => "boxed",
         }
@@ -530,6 +542,17 @@ impl<I: FromSpec + Store, C: FromSpec + Store> FromSpec for crate::wrappers::ded
     }
 }
 
+#[cfg(feature = "metrics")]
+impl<S: FromSpec + Store> FromSpec for crate::wrappers::metrics::Metrics<S> {
+    async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
+        let StoreSpec::Metrics(node) = spec else {
+            return Err(cx.mismatch("metrics", spec));
+        };
+        let inner = S::from_spec_in(&node.backend, &cx.child("metrics", "backend")).await?;
+        Ok(Self::new(inner, node.config.clone()))
+    }
+}
+
 impl<S: FromSpec + Store> FromSpec for Shard<S> {
     async fn from_spec_in(spec: &StoreSpec, cx: &BuildContext) -> Result<Self> {
         let StoreSpec::Shard(node) = spec else {
@@ -656,6 +679,12 @@ impl BoxStore {
                         .get_boxed(&node.name)
                         .map_err(|e| cx.located(e))?,
                 ),
+                #[cfg(feature = "metrics")]
+                StoreSpec::Metrics(_) => BoxStore::new(
+                    crate::wrappers::metrics::Metrics::<BoxStore>::from_spec_in(spec, cx).await?,
+                ),
+                #[cfg(not(feature = "metrics"))]
+                StoreSpec::Metrics(_) => return Err(disabled(cx, "metrics", "metrics")),
                 #[cfg(feature = "redis")]
                 StoreSpec::RedisStore(_) => {
                     BoxStore::new(crate::stores::redis::Redis::from_spec_in(spec, cx).await?)

@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 
 use crate::body::{Body, OneChunk};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 
 /// A content-addressable blob store.
@@ -80,6 +81,26 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The default does nothing, which is right only for stores that never drop an entry.
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         let _ = listener;
+    }
+
+    /// Checks that the store works, and for a wrapper that every child does (see
+    /// [`HealthStatus`] for what each store checks).
+    ///
+    /// The default is a round trip of a small fixed blob under its digest: `put`, `has`,
+    /// `get`, compare. Leaves with a cheaper or more telling check override it (`Filesystem`
+    /// stats its directories, a Redis store sends `PING`, an S3 store a `HEAD` of its
+    /// bucket); wrappers override it to check all their children.
+    ///
+    /// ```
+    /// use casstack::{FastSlow, Memory, Noop, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = FastSlow::new(Memory::default(), Noop, Default::default());
+    /// assert!(store.check_health().await.is_ok());
+    /// # }
+    /// ```
+    fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
+        crate::health::round_trip(self)
     }
 }
 

@@ -476,6 +476,24 @@ async fn the_store_recovers_when_the_server_restarts_between_operations() {
 }
 
 #[tokio::test]
+async fn health_is_a_ping_and_a_stopped_server_is_failed() {
+    let mut server = RedisServer::start();
+    let store = connect(&server, "h:").await;
+    assert_eq!(store.check_health().await, casstack::HealthStatus::Ok);
+    server.kill();
+    let status = store.check_health().await;
+    let failure = &status.failures()[0];
+    assert_eq!(failure.store, "Redis");
+    assert!(failure.message.starts_with("PING redis://"), "{status}");
+    // Through a wrapper, named by its place.
+    let stack = casstack::ExistenceCache::new(store.clone(), Default::default());
+    let status = stack.check_health().await;
+    assert_eq!(status.failures()[0].store, "ExistenceCache > Redis");
+    server.restart();
+    assert!(store.check_health().await.is_ok());
+}
+
+#[tokio::test]
 async fn server_killed_mid_upload_fails_cleanly_and_a_retry_succeeds() {
     // Append-only persistence, so what was staged before the kill survives the restart and
     // the test sees whether an orphan temporary key is left.

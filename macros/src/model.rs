@@ -104,6 +104,12 @@ pub(crate) const KINDS: &[Kind] = &[
         feature: None,
     },
     Kind {
+        name: "metrics",
+        type_name: "Metrics",
+        children: Children::Fields(&["backend"]),
+        feature: Some("metrics"),
+    },
+    Kind {
         name: "boxed",
         type_name: "BoxStore",
         children: Children::Inline,
@@ -128,6 +134,7 @@ pub(crate) fn feature_enabled(name: &str) -> bool {
         "s3" => cfg!(feature = "s3"),
         "zstd" => cfg!(feature = "zstd"),
         "dedup" => cfg!(feature = "dedup"),
+        "metrics" => cfg!(feature = "metrics"),
         _ => false,
     }
 }

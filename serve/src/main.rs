@@ -19,11 +19,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use casstack::{BoxStore, FromSpec as _, Store, StoreExt as _};
+use casstack::{BoxStore, FromSpec as _, Metrics, MetricsConfig, Store, StoreExt as _};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +34,9 @@ use crate::server::Server;
 
 /// How long a client may take to send a request's headers before its connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the Prometheus recorder folds its histogram samples into summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args_os().skip(1)) {
@@ -53,6 +57,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before any store is built: stores register their metrics when they are built.
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("casstack-serve: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    let result = runtime.block_on(run(args, metrics));
     // Tasks still running (uploads past the grace period) are dropped here: their stores'
     // atomic puts leave nothing behind.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -81,7 +93,7 @@ fn open_error(what: &'static str) -> impl Fn(casstack::Error) -> String {
 }
 
 /// Opens the layout's stores and serves them until a shutdown signal.
-async fn run(args: Args) -> Result<(), String> {
+async fn run(args: Args, metrics: PrometheusHandle) -> Result<(), String> {
     let Some(path) = &args.layout else {
         let Layout::Shared(spec) = Layout::parse(DEFAULT_LAYOUT, &args.data)? else {
             unreachable!("the built-in layout is one store node");
@@ -95,6 +107,7 @@ async fn run(args: Args) -> Result<(), String> {
             true,
             "built in (layouts/local.toml)",
             &args,
+            metrics,
         )
         .await;
     };
@@ -108,7 +121,7 @@ async fn run(args: Args) -> Result<(), String> {
             let store = BoxStore::from_spec(&spec)
                 .await
                 .map_err(open_error("store"))?;
-            serve(store.clone(), store, true, &name, &args).await
+            serve(store.clone(), store, true, &name, &args, metrics).await
         }
         Layout::Split { cas, ac } => {
             let cas = BoxStore::from_spec(&cas)
@@ -117,13 +130,21 @@ async fn run(args: Args) -> Result<(), String> {
             let ac = BoxStore::from_spec(&ac)
                 .await
                 .map_err(open_error("AC store"))?;
-            serve(cas, ac, false, &name, &args).await
+            serve(cas, ac, false, &name, &args, metrics).await
         }
     }
 }
 
-/// Serves `cas` and `ac` (`shared`: one store under both names) on `args.addr`.
-async fn serve<C, A>(cas: C, ac: A, shared: bool, layout: &str, args: &Args) -> Result<(), String>
+/// Serves `cas` and `ac` (`shared`: one store under both names) on `args.addr`, each metered
+/// under its name (`store="cas"`, `store="ac"` on `/metrics`).
+async fn serve<C, A>(
+    cas: C,
+    ac: A,
+    shared: bool,
+    layout: &str,
+    args: &Args,
+    metrics: PrometheusHandle,
+) -> Result<(), String>
 where
     C: Store + Debug,
     A: Store + Debug,
@@ -146,7 +167,17 @@ where
     }
     println!("data: {}", args.data.display());
 
-    let server = Arc::new(Server::new(cas, ac));
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let cas = Metrics::new(cas, MetricsConfig { name: "cas".into() });
+    let ac = Metrics::new(ac, MetricsConfig { name: "ac".into() });
+    let server = Arc::new(Server::new(cas, ac).with_metrics(metrics));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -7,6 +7,8 @@
 //! | `PUT /cas/{sha256}` | 201 once stored; 400 (nothing stored) if the body's sha256 or length is not the URL's; 411 without `Content-Length` |
 //! | `PUT /ac/{sha256}` | 201 once stored; the body is stored as is (not checked) |
 //! | any path under an instance prefix, `/{instance}/cas/...`, `/{instance}/ac/...` | the same |
+//! | `GET /health` | 200 `ok`, or 503 with every failing part of both stores (their `check_health`, at most 10 s) |
+//! | `GET /metrics` | 200 with every metric casstack recorded, in the Prometheus text format |
 //! | a hash that is not 64 hex characters, a malformed instance name | 400 |
 //! | another path | 404 |
 //! | another method | 405 |
@@ -20,7 +22,7 @@
 //! A body cut short (the connection closes before `Content-Length` bytes arrived) fails the
 //! store's atomic `put`, so nothing is stored.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use casstack::{
@@ -29,9 +31,13 @@ use casstack::{
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::body::{IncomingStream, ReaderBody, ResponseBody};
 use crate::sizes::SizeIndex;
+
+/// How long `/health` waits for the stores' checks.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest instance prefix accepted, in bytes.
 const MAX_INSTANCE_LEN: usize = 200;
@@ -64,6 +70,8 @@ pub struct Server<C, A> {
     cas: Verify<C>,
     ac: A,
     sizes: SizeIndex<A>,
+    /// What `/metrics` renders.
+    metrics: Option<PrometheusHandle>,
 }
 
 impl<C: Store, A: Store> Server<C, A> {
@@ -74,7 +82,14 @@ impl<C: Store, A: Store> Server<C, A> {
             cas: Verify::new(cas, VerifyConfig::default()),
             sizes: SizeIndex::new(ac.clone()),
             ac,
+            metrics: None,
         }
+    }
+
+    /// Serves `/metrics` from `handle` (the installed Prometheus recorder).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Answers one request and logs it at debug level.
@@ -110,6 +125,11 @@ impl<C: Store, A: Store> Server<C, A> {
         if !matches!(parts.method, Method::GET | Method::HEAD | Method::PUT) {
             return Err(Failure::MethodNotAllowed);
         }
+        match (&parts.method, parts.uri.path()) {
+            (&Method::GET | &Method::HEAD, "/health") => return Ok(self.health().await),
+            (&Method::GET | &Method::HEAD, "/metrics") => return self.metrics(),
+            _ => {}
+        }
         let route = parse_path(parts.uri.path())?;
         match (parts.method, route.kind) {
             (Method::PUT, Kind::Cas) => self.put_cas(&route, body).await,
@@ -117,6 +137,36 @@ impl<C: Store, A: Store> Server<C, A> {
             (method, Kind::Cas) => self.get_cas(&route, method == Method::HEAD).await,
             (method, Kind::Ac) => self.get_ac(&route, method == Method::HEAD).await,
         }
+    }
+
+    /// Both stores' health checks: 200 `ok`, or 503 naming what failed.
+    async fn health(&self) -> HttpResponse<C, A> {
+        let checks = async {
+            let cas = self.cas.check_health().await;
+            cas.and(self.ac.check_health().await)
+        };
+        let (status, text) = match tokio::time::timeout(HEALTH_TIMEOUT, checks).await {
+            Ok(status) if status.is_ok() => (StatusCode::OK, "ok\n".to_owned()),
+            Ok(status) => (StatusCode::SERVICE_UNAVAILABLE, format!("{status}\n")),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("failed: the health checks took more than {HEALTH_TIMEOUT:?}\n"),
+            ),
+        };
+        if !status.is_success() {
+            tracing::warn!("health check {}", text.trim_end());
+        }
+        text_response(status, "text/plain; charset=utf-8", text)
+    }
+
+    /// Everything recorded, in the Prometheus text format.
+    fn metrics(&self) -> Result<HttpResponse<C, A>, Failure> {
+        let handle = self.metrics.as_ref().ok_or(Failure::UnknownPath)?;
+        Ok(text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ))
     }
 
     async fn get_cas(&self, route: &Route<'_>, head: bool) -> Result<HttpResponse<C, A>, Failure> {
@@ -328,6 +378,19 @@ impl Failure {
         }
         response
     }
+}
+
+fn text_response<R>(
+    status: StatusCode,
+    content_type: &'static str,
+    text: String,
+) -> Response<ResponseBody<R>> {
+    let mut response = Response::new(ResponseBody::text(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn object_response<R>(reader: R, size: u64) -> Response<ResponseBody<R>> {

@@ -304,6 +304,58 @@ fn a_one_store_layout_file_needs_name_keys() {
     );
 }
 
+#[test]
+fn metrics_and_health_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let r = server.get("/health");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "{r:?}");
+    let blob = b"counted";
+    let hash = sha256_hex(blob);
+    assert_eq!(server.put(&cas(&hash), blob).status, 201);
+    assert_eq!(server.get(&cas(&hash)).body, blob);
+    assert_eq!(server.get(&cas(&sha256_hex(b"absent"))).status, 404);
+    let r = server.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(r.body).unwrap();
+    let value = |needle: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        value(r#"casstack_operations_total{store="cas",op="put",outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"casstack_operations_total{store="cas",op="get",outcome="hit"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"casstack_read_bytes_total{store="cas"}"#),
+        blob.len() as f64
+    );
+    assert!(text.contains("casstack_operation_seconds"), "{text}");
+
+    // The filesystem's temp directory replaced by a file: unhealthy, and says where.
+    let temp = dir.path().join("tmp"); // layouts/local.toml's temp_path
+    std::fs::remove_dir_all(&temp).unwrap();
+    std::fs::write(&temp, b"not a directory").unwrap();
+    let r = server.get("/health");
+    assert_eq!(r.status, 503, "{r:?}");
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.starts_with("failed: Verify > Metrics[cas] > ") && text.contains("not a directory"),
+        "{text}"
+    );
+    std::fs::remove_file(&temp).unwrap();
+    std::fs::create_dir(&temp).unwrap();
+    server.stop();
+}
+
 fn check_statuses(server: &Server) {
     let blob = b"int main() { return 0; }\n".repeat(100);
     let hash = sha256_hex(&blob);

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::{Body, drain_body};
 use crate::error::Result;
 use crate::eviction::{EvictingMap, EvictionPolicy};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
@@ -136,7 +137,7 @@ impl<S: Store> ExistenceCache<S> {
     /// ```
     pub fn new(inner: S, config: ExistenceCacheConfig) -> Self {
         let cache = Arc::new(Cache {
-            map: EvictingMap::new(config.eviction_policy),
+            map: EvictingMap::new(config.eviction_policy).labelled("existence_cache"),
             epoch: Mutex::new(0),
         });
         inner.subscribe_removals(Arc::new(Forget(Arc::downgrade(&cache))));
@@ -194,6 +195,7 @@ impl<S: Store> ExistenceCache<S> {
         for slot in out.iter() {
             misses += usize::from(slot.is_none());
         }
+        crate::observe::existence_cache_lookups(keys.len() - misses, misses);
         if misses == 0 {
             return Ok(());
         }
@@ -265,6 +267,11 @@ impl<S: Store> Store for ExistenceCache<S> {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
+    }
+
+    /// The backend's health.
+    async fn check_health(&self) -> HealthStatus {
+        self.inner.check_health().await.within("ExistenceCache")
     }
 }
 

@@ -18,6 +18,7 @@
 //! | [`Ref`] | a store shared by name between layouts, looked up in a [`Registry`] |
 //! | `Compress` | seekable zstd (feature `zstd`) |
 //! | `Dedup` | content-defined chunking (feature `dedup`) |
+//! | `Metrics` | counts operations, bytes and latencies under a name; debug spans (features `metrics`, `tracing`) |
 
 #[cfg(feature = "zstd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "zstd")))]
@@ -27,6 +28,9 @@ pub mod compress;
 pub mod dedup;
 pub mod existence_cache;
 pub mod fast_slow;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod ref_store;
 mod route;
 pub mod shard;

@@ -34,6 +34,7 @@ use hashbrown::HashMap;
 use crate::body::Body;
 use crate::boxed::BoxStore;
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 
@@ -250,6 +251,11 @@ impl<S: Store> Store for Ref<S> {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
+    }
+
+    /// The shared store's health.
+    async fn check_health(&self) -> HealthStatus {
+        self.inner.check_health().await.within("Ref")
     }
 }
 

@@ -39,6 +39,7 @@ use futures_util::future::join_all;
 
 use crate::body::Body;
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
@@ -273,6 +274,18 @@ impl<S: Store> Store for Shard<S> {
         for store in self.set.stores.iter() {
             store.subscribe_removals(listener.clone());
         }
+    }
+
+    /// Every shard's health (one after another), each named by its position.
+    async fn check_health(&self) -> HealthStatus {
+        let mut status = HealthStatus::Ok;
+        for (i, store) in self.set.stores.iter().enumerate() {
+            let shard = store.check_health().await;
+            if !shard.is_ok() {
+                status = status.and(shard.within(&format!("Shard[{i}]")));
+            }
+        }
+        status
     }
 }
 

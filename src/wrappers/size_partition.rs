@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, Either};
 use crate::error::Result;
+use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
@@ -206,6 +207,15 @@ impl<L: Store, U: Store> Store for SizePartition<L, U> {
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.lower.subscribe_removals(listener.clone());
         self.upper.subscribe_removals(listener);
+    }
+
+    /// The health of both children.
+    async fn check_health(&self) -> HealthStatus {
+        let lower = self.lower.check_health().await;
+        let upper = self.upper.check_health().await;
+        lower
+            .within("SizePartition.lower_store")
+            .and(upper.within("SizePartition.upper_store"))
     }
 }
 

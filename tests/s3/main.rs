@@ -297,6 +297,37 @@ async fn client_errors_are_not_retried() {
 }
 
 #[tokio::test]
+async fn health_is_a_head_of_the_bucket() {
+    let store = store().await;
+    assert_eq!(store.check_health().await, casstack::HealthStatus::Ok);
+    // A bucket that does not exist.
+    let mut config = server().config();
+    config.bucket = "no-such-bucket-for-health".into();
+    let status = S3::new(config).unwrap().check_health().await;
+    let failure = &status.failures()[0];
+    assert_eq!(failure.store, "S3");
+    assert!(
+        failure
+            .message
+            .starts_with("HEAD of bucket `no-such-bucket-for-health` failed"),
+        "{status}"
+    );
+    // A server that answers every HEAD with 503, through the retries.
+    let (store, proxy) = proxied(|c| c.retry.max_retries = 1).await;
+    assert!(store.check_health().await.is_ok());
+    proxy.inject("HEAD", "/", 0, 10, Action::Status(503, "SlowDown"));
+    let status = store.check_health().await;
+    assert!(!status.is_ok(), "{status}");
+    assert!(status.to_string().contains("HeadBucket"), "{status}");
+    // A stopped server: nothing listens at the endpoint.
+    let mut config = server().config();
+    config.endpoint = Some("http://127.0.0.1:1".into());
+    config.retry.max_retries = 0;
+    let status = S3::new(config).unwrap().check_health().await;
+    assert_eq!(status.failures()[0].store, "S3", "{status}");
+}
+
+#[tokio::test]
 async fn exhausted_retries_are_unavailable() {
     let (store, proxy) = proxied(|c| c.retry.max_retries = 2).await;
     store.put_bytes("k", "value".into()).await.unwrap();

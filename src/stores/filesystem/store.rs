@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::body::{Body, drain_body};
 use crate::error::{Code, Error, Result, ResultExt as _};
 use crate::eviction::EvictingMap;
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
@@ -456,7 +457,7 @@ impl Inner {
 
         let open_dir = |p: &Path| File::open(p).context(format_args!("opening {}", p.display()));
         let dropped = Arc::new(Dropped::default());
-        let index = EvictingMap::new(config.eviction_policy);
+        let index = EvictingMap::new(config.eviction_policy).labelled("filesystem");
         index.subscribe(dropped.clone());
         let inner = Inner {
             digest_dir: open_dir(&digests)?,
@@ -707,6 +708,46 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     })?
 }
 
+impl Filesystem {
+    /// The health check: the directories are there and a file can be created in `temp_path`.
+    async fn health(&self) -> HealthStatus {
+        let inner = self.inner.clone();
+        match blocking(move || Ok(inner.check_dirs())).await {
+            Ok(Ok(())) => HealthStatus::Ok,
+            Ok(Err(message)) => HealthStatus::failed("Filesystem", message),
+            Err(e) => HealthStatus::failed("Filesystem", e.to_string()),
+        }
+    }
+}
+
+impl Inner {
+    fn check_dirs(&self) -> std::result::Result<(), String> {
+        let content = &self.content;
+        for (what, dir) in [
+            ("content_path", content.clone()),
+            ("content_path/d", content.join(DIGESTS)),
+            ("content_path/s", content.join(NAMES)),
+            ("temp_path", self.temp.clone()),
+        ] {
+            match fs::metadata(&dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(format!("{what} {} is not a directory", dir.display())),
+                Err(e) => return Err(format!("{what} {}: {e}", dir.display())),
+            }
+        }
+        // Dropping the temp file deletes it.
+        let mut probe = TempFile::create(&self.temp).map_err(|e| {
+            format!(
+                "cannot create a file in temp_path {}: {e}",
+                self.temp.display()
+            )
+        })?;
+        probe
+            .write_all(&[Bytes::from_static(b"health")])
+            .map_err(|e| format!("cannot write in temp_path {}: {e}", self.temp.display()))
+    }
+}
+
 impl Store for Filesystem {
     type Reader = FileStream;
 
@@ -737,6 +778,11 @@ impl Store for Filesystem {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .push(listener);
+    }
+
+    /// Stats `content_path`, `d/`, `s/` and `temp_path`, and creates a file in `temp_path`.
+    fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
+        self.health()
     }
 }
 

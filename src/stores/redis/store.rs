@@ -16,6 +16,7 @@ use super::notify::{self, Removals};
 use super::stream::RedisStream;
 use crate::body::{Body, drain_body};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::{check_out_len, mark_empty_blobs};
@@ -591,5 +592,16 @@ impl Store for Redis {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.removals.subscribe(listener);
+    }
+
+    /// A `PING` (with the store's retries): failed, with the address and the error, when
+    /// the server does not answer.
+    async fn check_health(&self) -> HealthStatus {
+        match self.ping().await {
+            Ok(()) => HealthStatus::Ok,
+            Err(e) => {
+                HealthStatus::failed("Redis", format!("PING {} failed: {e}", self.inner.address))
+            }
+        }
     }
 }

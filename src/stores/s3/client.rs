@@ -24,9 +24,9 @@ use rusoto_core::{ByteStream, Region, RusotoError};
 use rusoto_s3::{
     AbortMultipartUploadError, AbortMultipartUploadRequest, CompleteMultipartUploadRequest,
     CompletedMultipartUpload, CompletedPart, CreateBucketError, CreateBucketRequest,
-    CreateMultipartUploadRequest, GetObjectError, GetObjectRequest, HeadObjectError,
-    HeadObjectRequest, ListMultipartUploadsRequest, PutObjectRequest, S3 as _, S3Client,
-    UploadPartRequest,
+    CreateMultipartUploadRequest, GetObjectError, GetObjectRequest, HeadBucketError,
+    HeadBucketRequest, HeadObjectError, HeadObjectRequest, ListMultipartUploadsRequest,
+    PutObjectRequest, S3 as _, S3Client, UploadPartRequest,
 };
 
 use crate::error::{Code, Error, Result};
@@ -376,6 +376,18 @@ impl Client {
             Err(e) if e.code() == Code::AlreadyExists => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    /// `HeadBucket`: the bucket exists and these credentials may use it.
+    pub(crate) async fn head_bucket(&self) -> Result<()> {
+        let request = HeadBucketRequest {
+            bucket: self.bucket.clone(),
+            ..Default::default()
+        };
+        self.call("HeadBucket", self.s3.head_bucket(request), |e| match e {
+            HeadBucketError::NoSuchBucket(_) => Code::NotFound,
+        })
+        .await
     }
 
     /// Runs one request under the timeout and maps its error.

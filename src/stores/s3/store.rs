@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::body::{Body, collect_body, drain_body};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::{check_out_len, mark_empty_blobs};
@@ -615,6 +616,19 @@ impl Store for S3 {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(listener);
+    }
+
+    /// A `HEAD` of the bucket (with the store's retries): failed, naming the bucket and the
+    /// error, when the server does not answer, the bucket is gone or access is denied.
+    async fn check_health(&self) -> HealthStatus {
+        let client = &self.inner.client;
+        match retry(&self.inner.config.retry, || client.head_bucket()).await {
+            Ok(()) => HealthStatus::Ok,
+            Err(e) => HealthStatus::failed(
+                "S3",
+                format!("HEAD of bucket `{}` failed: {e}", self.inner.config.bucket),
+            ),
+        }
     }
 }
 

@@ -110,6 +110,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, Either, OneChunk, drain_body};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::Key;
 use crate::store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 use crate::stores::memory::{check_out_len, mark_empty_blobs};
@@ -472,10 +473,13 @@ impl<S: Store> Compress<S> {
             written.clone(),
         )?;
         let bound = format::stored_bound(size.limit(), block);
-        self.inner
+        let stored = self
+            .inner
             .put(key, UploadSize::AtMost(bound), stream)
             .await?;
-        Ok(written.load(Ordering::Acquire))
+        let uncompressed = written.load(Ordering::Acquire);
+        crate::observe::compressed(stored, uncompressed);
+        Ok(uncompressed)
     }
 }
 
@@ -519,6 +523,17 @@ impl<S: Store> Store for Compress<S> {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
+    }
+
+    /// The backend's health, then a round trip of the probe blob through this layer. The
+    /// round trip also stores the probe in this layer's format, in case the backend's own
+    /// check wrote it raw under the same digest.
+    async fn check_health(&self) -> HealthStatus {
+        let inner = self.inner.check_health().await.within("Compress");
+        if !inner.is_ok() {
+            return inner;
+        }
+        crate::health::round_trip(self).await
     }
 }
 

@@ -79,6 +79,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, drain_body};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, StoreExt, UploadSize};
 use crate::stores::memory::{check_out_len, mark_empty_blobs};
@@ -428,6 +429,19 @@ impl<I: Store, C: Store> Store for Dedup<I, C> {
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.index.subscribe_removals(listener.clone());
         self.content.subscribe_removals(listener);
+    }
+
+    /// The health of both stores, then a round trip of the probe blob through this layer
+    /// (which also rewrites the probe's index entry, in case the index store's own check
+    /// wrote the probe raw under the same digest).
+    async fn check_health(&self) -> HealthStatus {
+        let index = self.index.check_health().await.within("Dedup.index_store");
+        let content = self.content.check_health().await;
+        let children = index.and(content.within("Dedup.content_store"));
+        if !children.is_ok() {
+            return children;
+        }
+        crate::health::round_trip(self).await
     }
 }
 

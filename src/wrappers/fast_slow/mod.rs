@@ -61,6 +61,7 @@ use self::flight::{AfterWait, Role, Shared, wait_flight, wait_write};
 use self::stream::{ChannelBody, ChunkSender, chunk_channel};
 use crate::body::{Body, Either, drain_body};
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
@@ -182,6 +183,7 @@ impl<F: Store, S: Store> FastSlow<F, S> {
             Key::Name(_) if Self::slow_is_noop() => None,
             Key::Name(_) => {
                 let reader = self.slow.get(key, range).await?;
+                crate::observe::fast_slow_hit("slow");
                 return Ok(Either::Right(Either::Left(reader)));
             }
         };
@@ -194,7 +196,10 @@ impl<F: Store, S: Store> FastSlow<F, S> {
         };
         for _ in 0..MAX_ATTEMPTS {
             match self.fast.get(key.clone(), range).await {
-                Ok(reader) => return Ok(Either::Left(reader)),
+                Ok(reader) => {
+                    crate::observe::fast_slow_hit("fast");
+                    return Ok(Either::Left(reader));
+                }
                 Err(e) if e.code() == Code::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -207,15 +212,22 @@ impl<F: Store, S: Store> FastSlow<F, S> {
             match self.shared.join_or_lead(&key) {
                 // Boxed: a fill already spawns a task and allocates a channel, and the
                 // hit path's future stays small.
-                Role::Leader(guard) => return Box::pin(self.fill(digest, range, guard)).await,
+                Role::Leader(guard) => {
+                    crate::observe::fast_slow_fill();
+                    return Box::pin(self.fill(digest, range, guard)).await;
+                }
                 // Boxed: only readers that found a fill in flight pay for the timer's space.
-                Role::Follower(rx) => match Box::pin(wait_flight(rx)).await {
-                    AfterWait::Retry => continue,
-                    AfterWait::ReadSlow => break,
-                },
+                Role::Follower(rx) => {
+                    crate::observe::fast_slow_join();
+                    match Box::pin(wait_flight(rx)).await {
+                        AfterWait::Retry => continue,
+                        AfterWait::ReadSlow => break,
+                    }
+                }
             }
         }
         let reader = self.slow.get(key, range).await?;
+        crate::observe::fast_slow_hit("slow");
         Ok(Either::Right(Either::Left(reader)))
     }
 
@@ -236,6 +248,7 @@ impl<F: Store, S: Store> FastSlow<F, S> {
             Err(e) if e.code() == Code::NotFound => return Err(not_in_either(key)),
             Err(e) => return Err(e),
         };
+        crate::observe::fast_slow_hit("slow");
         let (tx, body) = chunk_channel(CHANNEL_CHUNKS);
         let task = tokio::spawn(put_owned(
             self.fast.clone(),
@@ -356,6 +369,14 @@ impl<F: Store, S: Store> Store for FastSlow<F, S> {
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.fast.subscribe_removals(listener.clone());
         self.slow.subscribe_removals(listener);
+    }
+
+    /// The health of both tiers.
+    async fn check_health(&self) -> HealthStatus {
+        let fast = self.fast.check_health().await;
+        let slow = self.slow.check_health().await;
+        fast.within("FastSlow.fast")
+            .and(slow.within("FastSlow.slow"))
     }
 }
 

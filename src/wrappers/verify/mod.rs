@@ -41,6 +41,7 @@ pub use stream::VerifyStream;
 
 use crate::body::Body;
 use crate::error::{Code, Error, Result};
+use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::wrappers::route::Checked;
@@ -156,6 +157,7 @@ impl<S> Verify<S> {
                 UploadSize::AtMost(n) => n >= digest.size(),
             };
             if !possible {
+                crate::observe::verify_failure("put");
                 return Err(Error::new(
                     Code::InvalidArgument,
                     format!(
@@ -230,6 +232,11 @@ impl<S: Store> Store for Verify<S> {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
+    }
+
+    /// The inner store's health.
+    async fn check_health(&self) -> HealthStatus {
+        self.inner.check_health().await.within("Verify")
     }
 }
 

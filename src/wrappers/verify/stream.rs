@@ -90,6 +90,11 @@ impl Check {
     }
 
     fn error(&self, message: String) -> Error {
+        crate::observe::verify_failure(if self.code == Code::DataLoss {
+            "get"
+        } else {
+            "put"
+        });
         Error::new(self.code, message).with_key(self.expected)
     }
 }
