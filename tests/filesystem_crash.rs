@@ -99,9 +99,15 @@ fn writer(spec: &str) {
                             eprintln!("writer: upload of {key} failed: {e}");
                             std::process::exit(1);
                         }
+                        // The parent stops reading once it has killed enough writers;
+                        // a writer that cannot report any more just stops.
                         let mut out = std::io::stdout().lock();
-                        writeln!(out, "ok {key}").unwrap();
-                        out.flush().unwrap();
+                        if writeln!(out, "ok {key}")
+                            .and_then(|()| out.flush())
+                            .is_err()
+                        {
+                            std::process::exit(0);
+                        }
                     }
                 })
             })
