@@ -10,52 +10,16 @@
 //! Memory's futures are ready at once, so everything runs without an executor
 //! (`now_or_never`): the comparison is of the work, not of a runtime.
 //!
-//! Run: `cargo bench --features zstd --bench compress -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench --features zstd,testing --bench compress -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use casstack::testing::{noise, text};
 use casstack::wrappers::compress::{Compress, CompressConfig};
 use casstack::{ByteRange, Memory, StoreExt};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-
-/// Word-like text with some random tokens: about 3:1 with zstd level 3.
-fn text(len: usize, seed: u64) -> Bytes {
-    const WORDS: &[&str] = &[
-        "fn", "let", "mut", "self", "return", "match", "impl", "struct", "store", "key", "bytes",
-        "error", "result", "async", "await", "digest", "frame", "block", "index", "(", ")", "{",
-        "}", ";", "=", "->", "::", ".", ",", "\n", "    ",
-    ];
-    let mut x = seed | 1;
-    let mut out = BytesMut::with_capacity(len + 16);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x.is_multiple_of(10) {
-            out.put_u64_le(x);
-        } else {
-            out.extend_from_slice(WORDS[(x >> 8) as usize % WORDS.len()].as_bytes());
-            out.put_u8(b' ');
-        }
-    }
-    out.truncate(len);
-    out.freeze()
-}
-
-fn noise(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    let mut out = BytesMut::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.put_u64_le(x);
-    }
-    out.truncate(len);
-    out.freeze()
-}
 
 fn store(block_size: u32) -> Compress<Memory> {
     Compress::new(

@@ -19,7 +19,6 @@ use std::hint::black_box;
 use std::mem::size_of_val;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use casstack::{
@@ -35,8 +34,10 @@ use metrics_util::registry::{Registry, Storage};
 #[cfg(feature = "tracing")]
 use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt as _};
 
-const BLOB: usize = 1024;
-const KEYS: usize = 1024;
+mod support;
+use support::{Case, Guard, KEYS, blobs, fill, print_ratios};
+#[cfg(feature = "tracing")]
+use support::{BLOB, interleaved};
 
 type Bare = Verify<ExistenceCache<FastSlow<Memory, Memory>>>;
 type Metered =
@@ -155,31 +156,6 @@ impl Recorder for Bench {
     }
 }
 
-fn blobs() -> Vec<(Digest, Bytes)> {
-    (0..KEYS)
-        .map(|i| {
-            let mut bytes = vec![(i % 251) as u8; BLOB];
-            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let data = Bytes::from(bytes);
-            (Digest::of(&data), data)
-        })
-        .collect()
-}
-
-fn fill<S: Store>(store: &S, blobs: &[(Digest, Bytes)]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        for (d, data) in blobs {
-            store.put_bytes(*d, data.clone()).await.unwrap();
-            assert_eq!(store.has(*d).await.unwrap(), Some(BLOB as u64));
-            // A first read fills the fast tier; every later read is a fast hit.
-            assert_eq!(store.get_bytes(*d).await.unwrap(), data);
-        }
-    });
-}
-
 fn get<S: Store>(store: &S, d: Digest) -> Bytes {
     let mut reader = store
         .get(Key::Digest(d), ByteRange::FULL)
@@ -212,41 +188,6 @@ fn one_span(key: &Key, range: ByteRange) {
     black_box(&span);
 }
 
-struct Case<'a> {
-    name: &'a str,
-    /// Installed (thread-locally) around each batch.
-    recorder: Option<&'a Bench>,
-    op: &'a mut dyn FnMut(usize),
-}
-
-/// The fastest of `rounds` batches of `batch` operations, per case, interleaved; in ns/op.
-fn interleaved(rounds: usize, batch: usize, cases: &mut [Case<'_>]) -> Vec<f64> {
-    let mut best = vec![Duration::MAX; cases.len()];
-    for _ in 0..rounds {
-        for (case, best) in cases.iter_mut().zip(best.iter_mut()) {
-            let _local = case
-                .recorder
-                .map(|r| metrics::set_default_local_recorder(r));
-            let start = Instant::now();
-            for i in 0..batch {
-                (case.op)(i % KEYS);
-            }
-            *best = (*best).min(start.elapsed());
-        }
-    }
-    best.iter()
-        .map(|d| d.as_nanos() as f64 / batch as f64)
-        .collect()
-}
-
-fn print_ratios(title: &str, cases: &mut [Case<'_>]) {
-    let ns = interleaved(200, 2000, cases);
-    eprintln!("{title} (interleaved, best of 200 batches of 2000):");
-    for (case, t) in cases.iter().zip(&ns) {
-        eprintln!("  {t:>7.1} ns/op  {:>5.2}x  {}", t / ns[0], case.name);
-    }
-}
-
 fn ratio_tables() {
     let blobs = blobs();
     let recorder = Bench::new();
@@ -260,6 +201,7 @@ fn ratio_tables() {
     fill(&memory, &blobs);
     let one = named("one", memory.clone());
     let one_recorded = metrics::with_local_recorder(&recorder, || named("one", memory.clone()));
+    let record = || Box::new(metrics::set_default_local_recorder(&recorder)) as Box<dyn Guard + '_>;
 
     let d: Key = blobs[0].0.into();
     eprintln!("get future sizes:");
@@ -280,39 +222,29 @@ fn ratio_tables() {
     print_ratios(
         "get 1KiB",
         &mut [
-            Case {
-                name: "bare stack, no recorder",
-                recorder: None,
-                op: &mut |i| drop(black_box(get(&plain, blobs[i].0))),
-            },
-            Case {
-                name: "metered stack (5 Metrics layers), no recorder",
-                recorder: None,
-                op: &mut |i| drop(black_box(get(&quiet, blobs[i].0))),
-            },
+            Case::new("bare stack, no recorder", &mut |i| {
+                drop(black_box(get(&plain, blobs[i].0)))
+            }),
+            Case::new("metered stack (5 Metrics layers), no recorder", &mut |i| {
+                drop(black_box(get(&quiet, blobs[i].0)))
+            }),
             Case {
                 name: "bare stack, recorder installed (wrapper counters only)",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| drop(black_box(get(&plain, blobs[i].0))),
             },
             Case {
                 name: "metered stack, recorder installed",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| drop(black_box(get(&recorded, blobs[i].0))),
             },
-            Case {
-                name: "Memory",
-                recorder: None,
-                op: &mut |i| drop(black_box(get(&memory, blobs[i].0))),
-            },
-            Case {
-                name: "Metrics<Memory>, no recorder",
-                recorder: None,
-                op: &mut |i| drop(black_box(get(&one, blobs[i].0))),
-            },
+            Case::new("Memory", &mut |i| drop(black_box(get(&memory, blobs[i].0)))),
+            Case::new("Metrics<Memory>, no recorder", &mut |i| {
+                drop(black_box(get(&one, blobs[i].0)))
+            }),
             Case {
                 name: "Metrics<Memory>, recorder installed",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| drop(black_box(get(&one_recorded, blobs[i].0))),
             },
         ],
@@ -320,51 +252,35 @@ fn ratio_tables() {
     print_ratios(
         "has 1 key",
         &mut [
-            Case {
-                name: "bare stack, no recorder",
-                recorder: None,
-                op: &mut |i| {
-                    black_box(has(&plain, blobs[i].0));
-                },
-            },
-            Case {
-                name: "metered stack (5 Metrics layers), no recorder",
-                recorder: None,
-                op: &mut |i| {
-                    black_box(has(&quiet, blobs[i].0));
-                },
-            },
+            Case::new("bare stack, no recorder", &mut |i| {
+                black_box(has(&plain, blobs[i].0));
+            }),
+            Case::new("metered stack (5 Metrics layers), no recorder", &mut |i| {
+                black_box(has(&quiet, blobs[i].0));
+            }),
             Case {
                 name: "bare stack, recorder installed (wrapper counters only)",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| {
                     black_box(has(&plain, blobs[i].0));
                 },
             },
             Case {
                 name: "metered stack, recorder installed",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| {
                     black_box(has(&recorded, blobs[i].0));
                 },
             },
-            Case {
-                name: "Memory",
-                recorder: None,
-                op: &mut |i| {
-                    black_box(has(&memory, blobs[i].0));
-                },
-            },
-            Case {
-                name: "Metrics<Memory>, no recorder",
-                recorder: None,
-                op: &mut |i| {
-                    black_box(has(&one, blobs[i].0));
-                },
-            },
+            Case::new("Memory", &mut |i| {
+                black_box(has(&memory, blobs[i].0));
+            }),
+            Case::new("Metrics<Memory>, no recorder", &mut |i| {
+                black_box(has(&one, blobs[i].0));
+            }),
             Case {
                 name: "Metrics<Memory>, recorder installed",
-                recorder: Some(&recorder),
+                enter: Some(&record),
                 op: &mut |i| {
                     black_box(has(&one_recorded, blobs[i].0));
                 },
@@ -395,39 +311,15 @@ fn spans(blobs: &[(Digest, Bytes)]) {
         200,
         2000,
         &mut [
-            Case {
-                name: "no span",
-                recorder: None,
-                op: &mut no_span,
-            },
-            Case {
-                name: "span, no subscriber",
-                recorder: None,
-                op: &mut span,
-            },
+            Case::new("no span", &mut no_span),
+            Case::new("span, no subscriber", &mut span),
         ],
     );
     let info_ns = tracing::subscriber::with_default(info, || {
-        interleaved(
-            200,
-            2000,
-            &mut [Case {
-                name: "",
-                recorder: None,
-                op: &mut span,
-            }],
-        )
+        interleaved(200, 2000, &mut [Case::new("", &mut span)])
     });
     let debug_ns = tracing::subscriber::with_default(debug, || {
-        interleaved(
-            50,
-            2000,
-            &mut [Case {
-                name: "",
-                recorder: None,
-                op: &mut span,
-            }],
-        )
+        interleaved(50, 2000, &mut [Case::new("", &mut span)])
     });
     eprintln!("one debug span (built, entered, left), interleaved best of 200 batches of 2000:");
     eprintln!("  {:>7.2} ns/op  no span", ns[0]);

@@ -14,7 +14,6 @@
 
 use std::hint::black_box;
 use std::mem::size_of_val;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use casstack::{
@@ -24,8 +23,8 @@ use casstack::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::{FutureExt, StreamExt};
 
-const BLOB: usize = 1024;
-const KEYS: usize = 1024;
+mod support;
+use support::{Case, KEYS, blobs, fill, print_ratios};
 
 type Stack = Verify<ExistenceCache<FastSlow<Memory, Memory>>>;
 
@@ -37,30 +36,6 @@ fn stack() -> Stack {
         ),
         VerifyConfig::OFF,
     )
-}
-
-fn blobs() -> Vec<(Digest, Bytes)> {
-    (0..KEYS)
-        .map(|i| {
-            let mut bytes = vec![(i % 251) as u8; BLOB];
-            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let data = Bytes::from(bytes);
-            (Digest::of(&data), data)
-        })
-        .collect()
-}
-
-fn fill<S: Store>(store: &S, blobs: &[(Digest, Bytes)]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        for (d, data) in blobs {
-            store.put_bytes(*d, data.clone()).await.unwrap();
-            // Teach the existence cache (a put already did; a has hits it).
-            assert_eq!(store.has(*d).await.unwrap(), Some(BLOB as u64));
-        }
-    });
 }
 
 fn get<S: Store>(store: &S, d: Digest) -> Bytes {
@@ -100,31 +75,6 @@ fn print_future_sizes() {
     );
 }
 
-/// The fastest of `rounds` batches of `batch` operations, per store, interleaved; in ns/op.
-fn interleaved(rounds: usize, batch: usize, ops: &mut [(&str, &mut dyn FnMut(usize))]) -> Vec<f64> {
-    let mut best = vec![Duration::MAX; ops.len()];
-    for _ in 0..rounds {
-        for ((_, op), best) in ops.iter_mut().zip(best.iter_mut()) {
-            let start = Instant::now();
-            for i in 0..batch {
-                op(i % KEYS);
-            }
-            *best = (*best).min(start.elapsed());
-        }
-    }
-    best.iter()
-        .map(|d| d.as_nanos() as f64 / batch as f64)
-        .collect()
-}
-
-fn print_ratios(title: &str, ops: &mut [(&str, &mut dyn FnMut(usize))]) {
-    let ns = interleaved(200, 2000, ops);
-    eprintln!("{title} (interleaved, best of 200 batches of 2000):");
-    for ((name, _), t) in ops.iter().zip(&ns) {
-        eprintln!("  {t:>7.1} ns/op  {:>5.2}x  {name}", t / ns[0]);
-    }
-}
-
 fn ratio_tables() {
     let blobs = blobs();
     let memory = Memory::default();
@@ -140,24 +90,24 @@ fn ratio_tables() {
     print_ratios(
         "get 1KiB",
         &mut [
-            ("Memory", &mut |i| drop(black_box(get(&memory, blobs[i].0)))),
-            ("Verify<Memory>", &mut |i| {
+            Case::new("Memory", &mut |i| drop(black_box(get(&memory, blobs[i].0)))),
+            Case::new("Verify<Memory>", &mut |i| {
                 drop(black_box(get(&verify, blobs[i].0)))
             }),
-            ("ExistenceCache<Memory>", &mut |i| {
+            Case::new("ExistenceCache<Memory>", &mut |i| {
                 drop(black_box(get(&cache, blobs[i].0)))
             }),
-            ("FastSlow<Memory, Memory>", &mut |i| {
+            Case::new("FastSlow<Memory, Memory>", &mut |i| {
                 drop(black_box(get(&fast_slow, blobs[i].0)))
             }),
-            (
+            Case::new(
                 "Verify<ExistenceCache<FastSlow<Memory, Memory>>>",
                 &mut |i| drop(black_box(get(&stacked, blobs[i].0))),
             ),
-            ("BoxStore<same stack>", &mut |i| {
+            Case::new("BoxStore<same stack>", &mut |i| {
                 drop(black_box(get(&boxed, blobs[i].0)))
             }),
-            ("BoxStore<Memory>", &mut |i| {
+            Case::new("BoxStore<Memory>", &mut |i| {
                 drop(black_box(get(&boxed_memory, blobs[i].0)))
             }),
         ],
@@ -165,16 +115,16 @@ fn ratio_tables() {
     print_ratios(
         "has 1 key",
         &mut [
-            ("Memory", &mut |i| {
+            Case::new("Memory", &mut |i| {
                 black_box(has(&memory, blobs[i].0));
             }),
-            (
+            Case::new(
                 "Verify<ExistenceCache<FastSlow<Memory, Memory>>>",
                 &mut |i| {
                     black_box(has(&stacked, blobs[i].0));
                 },
             ),
-            ("BoxStore<same stack>", &mut |i| {
+            Case::new("BoxStore<same stack>", &mut |i| {
                 black_box(has(&boxed, blobs[i].0));
             }),
         ],

@@ -89,6 +89,9 @@ pub mod wrappers;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+// Compiled for the crate's own unit tests too, which use it without the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+mod sample_data;
 
 /// Expands a TOML layout into the matching store type at build time (feature `macros`).
 ///

@@ -62,6 +62,7 @@ use proptest::test_runner::{Config, TestError, TestRunner};
 
 use crate::store::Store;
 
+pub use crate::sample_data::{noise, text};
 pub use faulty::{CutStream, Fault, Faulty, Operation};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -34,18 +34,7 @@ async fn proxied(tune: impl FnOnce(&mut S3Config)) -> (S3, Proxy) {
 }
 
 /// Deterministic bytes that differ at every offset of interest.
-fn blob(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
+use casstack::testing::noise as blob;
 
 fn chunked(data: &Bytes, chunk: usize) -> impl casstack::Body {
     let chunks: Vec<casstack::Result<Bytes>> = (0..data.len())

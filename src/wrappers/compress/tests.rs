@@ -15,43 +15,7 @@ use super::*;
 use crate::key::Digest;
 use crate::stores::memory::Memory;
 
-/// Word-like text: compresses about 3:1 with zstd, like source code and logs.
-pub(crate) fn text(len: usize, seed: u64) -> Bytes {
-    const WORDS: &[&str] = &[
-        "fn", "let", "mut", "self", "return", "match", "impl", "struct", "store", "key", "bytes",
-        "error", "result", "async", "await", "digest", "frame", "block", "index", "(", ")", "{",
-        "}", ";", "=", "->", "::", ".", ",", "\n", "    ",
-    ];
-    let mut x = seed | 1;
-    let mut out = BytesMut::with_capacity(len + 16);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x.is_multiple_of(10) {
-            out.put_u64_le(x);
-        } else {
-            out.extend_from_slice(WORDS[(x >> 8) as usize % WORDS.len()].as_bytes());
-            out.put_u8(b' ');
-        }
-    }
-    out.truncate(len);
-    out.freeze()
-}
-
-/// Bytes that do not compress.
-pub(crate) fn noise(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    let mut out = BytesMut::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.put_u64_le(x);
-    }
-    out.truncate(len);
-    out.freeze()
-}
+use crate::sample_data::{noise, text};
 
 fn config(block_size: u32) -> CompressConfig {
     CompressConfig {

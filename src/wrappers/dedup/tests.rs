@@ -2,26 +2,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream;
 
 use super::*;
 use crate::body::OneChunk;
 use crate::stores::memory::Memory;
 
-/// Deterministic bytes that do not repeat (so every chunk is distinct).
-fn noise(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    let mut out = BytesMut::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.put_u64_le(x);
-    }
-    out.truncate(len);
-    out.freeze()
-}
+use crate::sample_data::noise;
 
 fn small_config() -> DedupConfig {
     DedupConfig {
