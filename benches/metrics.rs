@@ -35,9 +35,9 @@ use metrics_util::registry::{Registry, Storage};
 use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt as _};
 
 mod support;
-use support::{Case, Guard, KEYS, blobs, fill, print_ratios};
 #[cfg(feature = "tracing")]
 use support::{BLOB, interleaved};
+use support::{Case, Guard, KEYS, blobs, fill, print_ratios};
 
 type Bare = Verify<ExistenceCache<FastSlow<Memory, Memory>>>;
 type Metered =

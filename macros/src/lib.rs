@@ -76,7 +76,12 @@ fn expand(input: LayoutInput) -> syn::Result<proc_macro2::TokenStream> {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             syn::Error::new(
                 span,
-                format!("cannot read layout `{}`: {e}", path.display()),
+                // The path as written, and what it is relative to: the absolute path would
+                // make the message depend on where the crate is checked out.
+                format!(
+                    "cannot read layout `{relative}` (paths are relative to the crate's \
+                     Cargo.toml, CARGO_MANIFEST_DIR): {e}"
+                ),
             )
         })?;
         let path_lit = LitStr::new(&path.to_string_lossy(), span);
