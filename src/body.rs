@@ -118,7 +118,20 @@ where
 /// assert!(short.is_err());
 /// # }
 /// ```
-pub async fn collect_body<B: Body>(key: &Key, size: UploadSize, mut body: B) -> Result<Bytes> {
+pub async fn collect_body<B: Body>(key: &Key, size: UploadSize, body: B) -> Result<Bytes> {
+    collect_body_within(key, size, body, |_| Ok(())).await
+}
+
+/// [`collect_body`] that also hands the running byte count to `fits` before each chunk is
+/// buffered, so a store whose capacity is smaller than the declared limit (an `AtMost` of
+/// unknown length, say) refuses the body as soon as it outgrows the store, not after holding
+/// all of it in memory.
+pub(crate) async fn collect_body_within<B: Body>(
+    key: &Key,
+    size: UploadSize,
+    mut body: B,
+    fits: impl Fn(u64) -> Result<()>,
+) -> Result<Bytes> {
     // Never trust a declared size for the allocation beyond a modest bound.
     const MAX_PREALLOCATION: u64 = 1 << 20;
     let mut buf = BytesMut::with_capacity(size.limit().min(MAX_PREALLOCATION) as usize);
@@ -126,6 +139,7 @@ pub async fn collect_body<B: Body>(key: &Key, size: UploadSize, mut body: B) -> 
         let chunk = chunk.map_err(|e| e.context("reading the upload body"))?;
         let received = buf.len() as u64 + chunk.len() as u64;
         size.check_progress(received)
+            .and_then(|()| fits(received))
             .map_err(|e| e.with_key(key.clone()))?;
         buf.extend_from_slice(&chunk);
     }

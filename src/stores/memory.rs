@@ -6,9 +6,10 @@
 //! - **Copy on write.** A `put` copies the body into a fresh buffer, so a stored blob never
 //!   pins a larger buffer the caller sliced it from (NativeLink issue #289).
 //! - **Refusal up front.** A `put` that declares an exact size that can never fit (`>=
-//!   max_bytes`) is refused with `ResourceExhausted` before a byte of its body is read, and
-//!   one that turns out too large is refused without evicting anything. NativeLink instead
-//!   drains such a body and reports success without storing it.
+//!   max_bytes`) is refused with `ResourceExhausted` before a byte of its body is read; a
+//!   body of unknown length (`AtMost`) is refused as soon as it outgrows the store, so it is
+//!   never held whole; neither evicts anything. NativeLink instead drains such a body and
+//!   reports success without storing it.
 //! - Both key kinds are stored. The empty blob is always present and never stored.
 //!
 //! Layout (TOML):
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::body::{Body, OneChunk, collect_body, drain_body};
+use crate::body::{Body, OneChunk, collect_body_within, drain_body};
 use crate::error::{Code, Error, Result};
 use crate::eviction::{EvictingMap, EvictionPolicy};
 use crate::health::HealthStatus;
@@ -134,13 +135,12 @@ impl Memory {
         if key.is_empty_blob() {
             return drain_body(&key, UploadSize::Exact(0), body).await;
         }
+        let policy = self.index.policy();
         if let UploadSize::Exact(n) = size {
-            self.index
-                .policy()
-                .check_fits(n)
-                .map_err(|e| e.with_key(key.clone()))?;
+            policy.check_fits(n).map_err(|e| e.with_key(key.clone()))?;
         }
-        let data = collect_body(&key, size, body).await?;
+        // An `AtMost` body is refused as soon as it outgrows the store, never held whole.
+        let data = collect_body_within(&key, size, body, |n| policy.check_fits(n)).await?;
         let len = data.len() as u64;
         self.index.insert(key, data, len)?;
         Ok(len)
@@ -317,6 +317,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
         assert_eq!(store.has("small").await.unwrap(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_refused_once_it_outgrows_the_store() {
+        let store = limited(100);
+        // An endless body: only the store's own budget can stop it.
+        let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = polled.clone();
+        let body = stream::repeat_with(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Bytes::from_static(&[1; 10]))
+        });
+        let err = store
+            .put("k".into(), UploadSize::AtMost(u64::MAX), body)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(err.key(), Some(&Key::from("k")));
+        // 10 chunks make 100 bytes, which is refused: nothing past the budget was read.
+        assert_eq!(polled.load(std::sync::atomic::Ordering::Relaxed), 10);
+        assert_eq!(store.has("k").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -307,17 +307,26 @@ pub(crate) fn decode_frame(
     Ok(data)
 }
 
-/// Upper bound of the stored size of an object of at most `limit` uncompressed bytes.
+/// Upper bound of the stored size of an object of at most `limit` uncompressed bytes
+/// (saturating: a body of unknown length declares `u64::MAX`).
 pub(crate) fn stored_bound(limit: u64, block_size: u32) -> u64 {
     let frames = limit.div_ceil(u64::from(block_size));
-    (HEADER_LEN + END_LEN + FOOTER_LEN) as u64
-        + frames.saturating_mul((PREFIX_LEN + ENTRY_LEN) as u64)
-        + limit
+    ((HEADER_LEN + END_LEN + FOOTER_LEN) as u64)
+        .saturating_add(frames.saturating_mul((PREFIX_LEN + ENTRY_LEN) as u64))
+        .saturating_add(limit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_bound_of_an_unknown_length_saturates() {
+        assert_eq!(stored_bound(u64::MAX, 1024), u64::MAX);
+        assert_eq!(stored_bound(u64::MAX - 10, 1 << 20), u64::MAX);
+        let small = stored_bound(1000, 1024);
+        assert!(small > 1000 && small < 1200, "{small}");
+    }
 
     fn footer(size: u64, block: u32) -> Footer {
         Footer {
