@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::key::Digest;
     use crate::store::StoreExt;
-    use futures_util::stream;
+    use futures_util::{StreamExt as _, stream};
 
     fn limited(max_bytes: u64) -> Memory {
         Memory::new(MemoryConfig {
@@ -322,13 +322,14 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_unknown_length_is_refused_once_it_outgrows_the_store() {
         let store = limited(100);
-        // An endless body: only the store's own budget can stop it.
+        // 50 chunks of 10 bytes, declared only as "at most u64::MAX".
         let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = polled.clone();
         let body = stream::repeat_with(move || {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(Bytes::from_static(&[1; 10]))
-        });
+        })
+        .take(50);
         let err = store
             .put("k".into(), UploadSize::AtMost(u64::MAX), body)
             .await
