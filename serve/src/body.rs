@@ -1,42 +1,106 @@
 //! The two body adapters between hyper and casstack, both streaming chunk by chunk.
 //!
 //! - [`IncomingStream`]: a request body (hyper's `Incoming`) as a casstack `Body`, for `put`.
-//!   A connection that closes before the declared length arrived is an `Aborted` error, so
-//!   the store's atomic `put` stores nothing.
+//!   A connection that closes before the declared length arrived, or a client that sends
+//!   nothing for the idle timeout (`--upload-idle-timeout`), is an `Aborted` error, so the
+//!   store's atomic `put` stores nothing.
 //! - [`ReaderBody`]: a store's reader as a hyper response body of a known length. A reader
 //!   that yields more or fewer bytes than announced ends with an error, which makes hyper
 //!   close the connection: the client sees a short response, never a wrong one.
 
+use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use casstack::{Code, Error};
 use futures_core::Stream;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
-/// A request body as a stream of `Bytes` chunks (trailers are skipped).
+/// A request body as a stream of `Bytes` chunks (trailers are skipped), which fails when the
+/// client sends nothing for `idle`.
+///
+/// The idle clock runs only while the stream waits for the client: it starts when the store
+/// asks for the next chunk and stops when a chunk arrives, so a store that takes its time
+/// writing a chunk never makes an upload look idle. An idle upload ends with an `Aborted`
+/// error (the store's atomic `put` stores nothing) and raises its [`IdleFlag`], so the
+/// server answers 408 rather than blaming the data.
 #[derive(Debug)]
-pub struct IncomingStream {
-    body: Incoming,
+pub struct IncomingStream<B = Incoming> {
+    body: B,
+    idle: Duration,
+    /// The deadline of the current wait for the client (reset when a wait starts).
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+    timed_out: IdleFlag,
 }
 
-impl IncomingStream {
-    /// Adapts `body`.
-    pub fn new(body: Incoming) -> Self {
-        IncomingStream { body }
+/// Raised when an [`IncomingStream`] gave up on an idle client.
+#[derive(Clone, Debug, Default)]
+pub struct IdleFlag(Arc<AtomicBool>);
+
+impl IdleFlag {
+    /// Whether the upload was abandoned for idleness.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
-impl Stream for IncomingStream {
+impl<B> IncomingStream<B> {
+    /// Adapts `body`, giving up once no byte arrived for `idle` while the store waited for
+    /// one. The flag tells afterwards whether that happened.
+    pub fn new(body: B, idle: Duration) -> (Self, IdleFlag) {
+        let flag = IdleFlag::default();
+        let stream = IncomingStream {
+            body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            timed_out: flag.clone(),
+        };
+        (stream, flag)
+    }
+}
+
+impl<B> Stream for IncomingStream<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     type Item = casstack::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if !this.waiting {
+            // A new wait for the client starts now (not when the previous chunk arrived).
+            let deadline = Instant::now() + this.idle;
+            this.timer.as_mut().reset(deadline);
+            this.waiting = true;
+        }
         loop {
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => return Poll::Ready(None),
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => {
+                    ready!(this.timer.as_mut().poll(cx));
+                    this.timed_out.0.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Error::new(
+                        Code::Aborted,
+                        format!(
+                            "the upload was abandoned: no body bytes for {:?}",
+                            this.idle
+                        ),
+                    ))));
+                }
+                Poll::Ready(None) => {
+                    this.waiting = false;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => {
+                    this.waiting = false;
                     return Poll::Ready(Some(Err(Error::new(
                         Code::Aborted,
                         format!("the upload body was cut short: {e}"),
@@ -47,6 +111,7 @@ impl Stream for IncomingStream {
             if let Ok(data) = frame.into_data()
                 && !data.is_empty()
             {
+                this.waiting = false;
                 return Poll::Ready(Some(Ok(data)));
             }
         }
@@ -168,5 +233,87 @@ where
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// A request body fed by the test, chunk by chunk.
+    struct Fed(mpsc::Receiver<Bytes>);
+
+    impl HttpBody for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn fed() -> (mpsc::Sender<Bytes>, IncomingStream<Fed>, IdleFlag) {
+        let (tx, rx) = mpsc::channel(16);
+        let (stream, flag) = IncomingStream::new(Fed(rx), IDLE);
+        (tx, stream, flag)
+    }
+
+    async fn next(s: &mut IncomingStream<Fed>) -> Option<casstack::Result<Bytes>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_is_abandoned_after_the_idle_timeout() {
+        let (tx, mut s, flag) = fed();
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        assert_eq!(next(&mut s).await.unwrap().unwrap(), "first");
+        let start = Instant::now();
+        let e = next(&mut s).await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), IDLE);
+        assert_eq!(e.code(), Code::Aborted);
+        assert!(e.message().contains("no body bytes for 60s"), "{e}");
+        assert!(flag.is_raised());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_client_is_not() {
+        let (tx, mut s, flag) = fed();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(IDLE * 9 / 10).await;
+                tx.send(Bytes::from_static(b"tick")).await.unwrap();
+            }
+        });
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(next(&mut s).await.unwrap().unwrap(), "tick");
+        }
+        assert!(next(&mut s).await.is_none());
+        assert!(start.elapsed() > IDLE * 4);
+        assert!(!flag.is_raised());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_store_does_not_make_the_client_look_idle() {
+        let (tx, mut s, flag) = fed();
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        assert_eq!(next(&mut s).await.unwrap().unwrap(), "a");
+        // The client sends "b" 3.5 idle periods later; the store takes 3 of them to write
+        // "a" before it asks for more, so it waits half a period for "b".
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE * 7 / 2).await;
+            tx.send(Bytes::from_static(b"b")).await.unwrap();
+        });
+        tokio::time::sleep(IDLE * 3).await;
+        assert_eq!(next(&mut s).await.unwrap().unwrap(), "b");
+        assert!(next(&mut s).await.is_none());
+        assert!(!flag.is_raised());
     }
 }

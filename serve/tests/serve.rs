@@ -512,6 +512,25 @@ fn start_upload(server: &Server, path: &str, len: usize, first: &[u8]) -> TcpStr
     conn
 }
 
+/// Like [`start_upload`], but `first` goes out in one write with the head, before the server
+/// asks for the body, and nothing follows: however late this client is scheduled, the server
+/// has every byte it will get before its idle clock starts, and the test never writes to a
+/// connection the server may have closed.
+fn stall_upload(server: &Server, path: &str, len: usize, first: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    let mut head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .into_bytes();
+    head.extend_from_slice(first);
+    conn.write_all(&head).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 25];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn
+}
+
 #[test]
 fn an_upload_cut_midway_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,6 +557,59 @@ fn an_upload_cut_midway_stores_nothing() {
     let path = cas(&sha256_hex(&blob));
     assert_eq!(server.put(&path, &blob).status, 201);
     assert_eq!(server.get(&path).body, blob);
+    server.stop();
+}
+
+#[test]
+fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--upload-idle-timeout", "0.2"]);
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    for path in [cas(&sha256_hex(&blob)), ac(&sha256_hex(b"stalled"))] {
+        // Half the body, then nothing more, with the connection left open.
+        let mut conn = stall_upload(&server, &path, blob.len(), &blob[..25_000]);
+        let r = read_reply(&mut conn, false);
+        assert_eq!(r.status, 408, "{r:?}");
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(String::from_utf8_lossy(&r.body).contains("no body bytes for 200ms"));
+        // Logged at warn level, naming the upload.
+        let line = server.wait_line(false, "abandoned, the client sent no body bytes");
+        assert!(line.contains(" WARN ") && line.contains(&path), "{line}");
+        server.wait_log(&format!("PUT {path} 408"));
+        assert_eq!(server.head(&path).status, 404, "{path}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != ".casstack-lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A client that keeps sending is not abandoned, however long the whole upload takes.
+    let path = cas(&sha256_hex(&blob));
+    assert_eq!(server.put(&path, &blob).status, 201);
+    assert_eq!(server.get(&path).body, blob);
+    server.stop();
+}
+
+#[test]
+fn shutdown_completes_once_a_stalled_upload_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = b"stalled at shutdown".repeat(500);
+    let path = cas(&sha256_hex(&blob));
+    // The grace period is far longer than the idle timeout: the upload ends first.
+    let mut server = Server::start(
+        dir.path(),
+        &["--grace", "20", "--upload-idle-timeout", "0.2"],
+    );
+    let mut conn = stall_upload(&server, &path, blob.len(), &blob[..100]);
+    server.terminate();
+    server.wait_stdout("shutting down");
+    assert_eq!(read_reply(&mut conn, false).status, 408);
+    server.wait_stdout("shut down cleanly");
+    assert!(server.wait_exit().success());
+
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.head(&path).status, 404);
     server.stop();
 }
 
