@@ -82,11 +82,14 @@ pub struct Server<C, A> {
 
 impl<C: Store, A: Store> Server<C, A> {
     /// Serves CAS objects from `cas` (uploads are checked against their hash) and AC entries
-    /// from `ac`.
+    /// from `ac`. Needs a Tokio runtime (the size index follows the CAS store's removals).
     pub fn new(cas: C, ac: A) -> Self {
+        let cas = Verify::new(cas, VerifyConfig::default());
+        let sizes = SizeIndex::new(ac.clone());
+        sizes.watch(cas.clone());
         Server {
-            cas: Verify::new(cas, VerifyConfig::default()),
-            sizes: SizeIndex::new(ac.clone()),
+            cas,
+            sizes,
             ac,
             metrics: None,
             upload_idle: DEFAULT_UPLOAD_IDLE_TIMEOUT,

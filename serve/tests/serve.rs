@@ -305,6 +305,35 @@ fn a_one_store_layout_file_needs_name_keys() {
 }
 
 #[test]
+fn the_size_index_forgets_what_the_cas_store_evicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("small.toml");
+    std::fs::write(
+        &layout,
+        "[memory.eviction_policy]\nmax_bytes = \"100kib\"\n",
+    )
+    .unwrap();
+    let mut server = Server::start(dir.path(), &["--layout", layout.to_str().unwrap()]);
+    let (a, b) = (vec![1u8; 60_000], vec![2u8; 60_000]);
+    let (path_a, path_b) = (cas(&sha256_hex(&a)), cas(&sha256_hex(&b)));
+    assert_eq!(server.put(&path_a, &a).status, 201);
+    assert_eq!(server.get(&path_a).body, a);
+    // No room for both: storing b evicts a, and the index's check confirms it is gone.
+    assert_eq!(server.put(&path_b, &b).status, 201);
+    server.wait_line(false, "the CAS store dropped 1 of 1 reported objects");
+    assert_eq!(server.get(&path_a).status, 404);
+    assert_eq!(server.head(&path_a).status, 404);
+    assert_eq!(server.get(&path_b).body, b);
+    // Uploaded again, a is served again (and b is evicted in turn).
+    assert_eq!(server.put(&path_a, &a).status, 201);
+    assert_eq!(server.get(&path_a).body, a);
+    server.wait_line(false, "the CAS store dropped 1 of 1 reported objects");
+    assert_eq!(server.head(&path_b).status, 404);
+    assert_eq!(server.head(&path_a).status, 200);
+    server.stop();
+}
+
+#[test]
 fn metrics_and_health_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
