@@ -5,8 +5,11 @@
 //!   nothing for the idle timeout (`--upload-idle-timeout`), is an `Aborted` error, so the
 //!   store's atomic `put` stores nothing.
 //! - [`ReaderBody`]: a store's reader as a hyper response body of a known length. A reader
-//!   that yields more or fewer bytes than announced ends with an error, which makes hyper
-//!   close the connection: the client sees a short response, never a wrong one.
+//!   that yields more or fewer bytes than announced, or ends with an error (the server's
+//!   `Verify` finding a corrupt CAS object at the end of a read), ends the body with an
+//!   error, which makes hyper close the connection. The chunk that completes the length is
+//!   held back until the reader's end, so the client sees a short response, never a wrong
+//!   one.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -16,7 +19,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use casstack::{Code, Error};
+use casstack::{Code, Error, Key};
 use futures_core::Stream;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
@@ -123,19 +126,42 @@ where
 }
 
 /// A store's reader as a response body of exactly `len` bytes.
+///
+/// The chunk that completes the length is held back until the reader has ended: a reader
+/// that ends with an error instead (a `Verify` read finding a corrupt object, a failed disk
+/// read) cuts the response short by that chunk, so the client never receives the announced
+/// length of wrong bytes. A failure is logged at warn level with the object's key.
 #[derive(Debug)]
 pub struct ReaderBody<R> {
     reader: R,
+    key: Key,
     remaining: u64,
+    /// The last chunk, until the reader's end is seen.
+    held: Option<Bytes>,
+    done: bool,
 }
 
 impl<R> ReaderBody<R> {
-    /// Streams `reader`, which must yield exactly `len` bytes.
-    pub fn new(reader: R, len: u64) -> Self {
+    /// Streams `reader`, the object `key`, which must yield exactly `len` bytes.
+    pub fn new(reader: R, key: Key, len: u64) -> Self {
         ReaderBody {
             reader,
+            key,
             remaining: len,
+            held: None,
+            done: false,
         }
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.done = true;
+        let held = self.held.take().map_or(0, |c| c.len() as u64);
+        tracing::warn!(
+            "a response of {} was cut short ({} bytes unsent): {e}",
+            self.key,
+            self.remaining + held
+        );
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -151,32 +177,61 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.reader).poll_next(cx)) {
-            Some(Ok(chunk)) => {
-                let len = chunk.len() as u64;
-                if len > this.remaining {
-                    return Poll::Ready(Some(Err(Error::new(
-                        Code::DataLoss,
-                        "the stored object is longer than its announced length",
-                    ))));
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(Pin::new(&mut this.reader).poll_next(cx)) {
+                Some(Ok(chunk)) => {
+                    let len = chunk.len() as u64;
+                    if this.held.is_some() || len > this.remaining {
+                        let e = Error::new(
+                            Code::DataLoss,
+                            "the stored object is longer than its announced length",
+                        )
+                        .with_key(this.key.clone());
+                        return this.fail(e);
+                    }
+                    this.remaining -= len;
+                    if this.remaining > 0 {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                    // Complete: send it once the reader confirms its end.
+                    this.held = Some(chunk);
                 }
-                this.remaining -= len;
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
+                Some(Err(e)) => return this.fail(e),
+                None => match this.held.take() {
+                    Some(chunk) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                    None if this.remaining == 0 => {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    None => {
+                        let e = Error::new(
+                            Code::DataLoss,
+                            format!(
+                                "the stored object ended {} bytes short of its announced length",
+                                this.remaining
+                            ),
+                        )
+                        .with_key(this.key.clone());
+                        return this.fail(e);
+                    }
+                },
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e))),
-            None if this.remaining == 0 => Poll::Ready(None),
-            None => Poll::Ready(Some(Err(Error::new(
-                Code::DataLoss,
-                format!(
-                    "the stored object ended {} bytes short of its announced length",
-                    this.remaining
-                ),
-            )))),
         }
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        let held = self.held.as_ref().map_or(0, |c| c.len() as u64);
+        SizeHint::with_exact(self.remaining + held)
     }
 }
 
@@ -221,7 +276,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Object(body) => body.remaining == 0,
+            ResponseBody::Object(body) => body.is_end_stream(),
             ResponseBody::Text(text) => text.is_none(),
         }
     }
@@ -257,6 +312,54 @@ mod tests {
     }
 
     const IDLE: Duration = Duration::from_secs(60);
+
+    /// A reader that yields what the test scripted.
+    struct Script(std::collections::VecDeque<casstack::Result<Bytes>>);
+
+    impl Stream for Script {
+        type Item = casstack::Result<Bytes>;
+
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    /// What a response body of `len` bytes over `script` sends: its chunks, and whether it
+    /// ended with an error.
+    async fn send(len: u64, script: Vec<casstack::Result<Bytes>>) -> (Vec<Bytes>, bool) {
+        let mut body = ReaderBody::new(Script(script.into()), Key::from("k"), len);
+        let mut sent = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            match frame {
+                Ok(frame) => sent.push(frame.into_data().unwrap()),
+                Err(_) => {
+                    assert!(body.is_end_stream());
+                    return (sent, true);
+                }
+            }
+        }
+        assert!(body.is_end_stream());
+        (sent, false)
+    }
+
+    #[tokio::test]
+    async fn a_reader_failing_at_its_end_never_sends_the_whole_length() {
+        let (a, b) = (Bytes::from_static(b"ab"), Bytes::from_static(b"cd"));
+        let corrupt = Error::new(Code::DataLoss, "sha256 mismatch");
+        let (sent, failed) = send(4, vec![Ok(a.clone()), Ok(b.clone()), Err(corrupt)]).await;
+        assert_eq!((sent, failed), (vec![a.clone()], true));
+        // The same reader ending well sends everything.
+        let (sent, failed) = send(4, vec![Ok(a.clone()), Ok(b.clone())]).await;
+        assert_eq!((sent, failed), (vec![a.clone(), b.clone()], false));
+        // Too long, too short.
+        let (sent, failed) = send(4, vec![Ok(a.clone()), Ok(b.clone()), Ok(a.clone())]).await;
+        assert_eq!((sent, failed), (vec![a.clone()], true));
+        let (sent, failed) = send(6, vec![Ok(a.clone()), Ok(b.clone())]).await;
+        assert_eq!((sent, failed), (vec![a.clone(), b], true));
+        let (sent, failed) = send(1, vec![Ok(a)]).await;
+        assert_eq!((sent, failed), (vec![], true));
+    }
 
     fn fed() -> (mpsc::Sender<Bytes>, IncomingStream<Fed>, IdleFlag) {
         let (tx, rx) = mpsc::channel(16);

@@ -670,6 +670,99 @@ fn a_restart_keeps_the_cache() {
     server.stop();
 }
 
+/// The file under `dir` (searched recursively) whose name starts with `prefix`.
+fn find_file(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, prefix) {
+                return Some(found);
+            }
+        } else if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(prefix)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_corrupt_cas_object_is_never_served_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // Several read chunks from disk.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let hash = sha256_hex(&blob);
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.put(&cas(&hash), &blob).status, 201);
+    server.stop();
+    // A bit flips on disk (same length, so only the hash can tell).
+    let file = find_file(&dir.path().join("content"), &hash).expect("the object's file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes, blob);
+    bytes[123_456] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let mut server = Server::start(dir.path(), &[]);
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    write!(
+        conn,
+        "GET /cas/{hash} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let r = parse_reply(&raw, true);
+    assert_eq!(
+        (r.status, r.content_length()),
+        (200, Some(blob.len() as u64))
+    );
+    assert!(
+        r.body.len() < blob.len(),
+        "the corrupt object was sent whole"
+    );
+    // Logged, naming the object.
+    let line = server.wait_line(false, "was cut short");
+    assert!(
+        line.contains(" WARN ") && line.contains(&hash) && line.contains("sha256 mismatch"),
+        "{line}"
+    );
+    // Uploading it again repairs it.
+    assert_eq!(server.put(&cas(&hash), &blob).status, 201);
+    assert_eq!(server.get(&cas(&hash)).body, blob);
+    server.stop();
+    assert_eq!(std::fs::read(&file).unwrap(), blob);
+}
+
+/// bazel-remote#798 (peers.md #20): a blob larger than the fast tier is refused with 507
+/// there. Here the fast tier declines it and the slow tier keeps it.
+#[test]
+fn a_blob_larger_than_the_fast_tier_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("tiny-fast.toml");
+    std::fs::write(
+        &layout,
+        "[fast_slow.fast.memory.eviction_policy]\nmax_bytes = \"64kib\"\n\
+         [fast_slow.slow.filesystem]\ncontent_path = \"$CASSTACK_DATA/content\"\n\
+         temp_path = \"$CASSTACK_DATA/tmp\"\n",
+    )
+    .unwrap();
+    let layout = layout.to_str().unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let path = cas(&sha256_hex(&blob));
+    let server = Server::start(dir.path(), &["--layout", layout]);
+    assert_eq!(server.put(&path, &blob).status, 201);
+    assert_eq!(server.get(&path).body, blob);
+    server.stop();
+    let server = Server::start(dir.path(), &["--layout", layout]);
+    assert_eq!(server.get(&path).body, blob);
+    server.stop();
+}
+
 #[test]
 fn shutdown_lets_an_upload_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
