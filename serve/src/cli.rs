@@ -21,6 +21,9 @@ Options:
                      $CASSTACK_DATA, else $XDG_CACHE_HOME/casstack or $HOME/.cache/casstack)
   --grace SECONDS    on Ctrl-C / SIGTERM, how long in-flight requests may take to finish
                      before they are aborted (default 10)
+  --upload-idle-timeout SECONDS
+                     abandon an upload (answered 408, nothing stored) when its client sends
+                     no body bytes for this long (default 60)
   -h, --help         print this
 
 Requests are logged at debug level: RUST_LOG=debug casstack-serve
@@ -37,7 +40,13 @@ pub struct Args {
     pub data: PathBuf,
     /// `--grace`.
     pub grace: Duration,
+    /// `--upload-idle-timeout`.
+    pub upload_idle_timeout: Duration,
 }
+
+/// The default of `--upload-idle-timeout`: long enough for a client busy hashing or reading a
+/// large file between writes, short enough that stalled clients do not pile up.
+pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the flags did not give [`Args`].
 #[derive(Debug)]
@@ -55,6 +64,7 @@ impl Args {
         let mut layout = None;
         let mut data = None;
         let mut grace = Duration::from_secs(10);
+        let mut upload_idle_timeout = DEFAULT_UPLOAD_IDLE_TIMEOUT;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let arg = arg
@@ -87,16 +97,14 @@ impl Args {
                 }
                 "--layout" => layout = Some(PathBuf::from(value()?)),
                 "--data" => data = Some(PathBuf::from(value()?)),
-                "--grace" => {
-                    let v = value()?;
-                    let text = v.to_string_lossy();
-                    grace = text
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                        .ok_or_else(|| {
-                            Exit::Usage(format!("--grace {text:?} is not a number of seconds"))
-                        })?;
+                "--grace" => grace = seconds(&flag, &value()?)?,
+                "--upload-idle-timeout" => {
+                    upload_idle_timeout = seconds(&flag, &value()?)?;
+                    if upload_idle_timeout.is_zero() {
+                        return Err(Exit::Usage(
+                            "--upload-idle-timeout must be more than 0 seconds".into(),
+                        ));
+                    }
                 }
                 other => {
                     return Err(Exit::Usage(format!(
@@ -116,8 +124,18 @@ impl Args {
             layout,
             data,
             grace,
+            upload_idle_timeout,
         })
     }
+}
+
+/// A flag's value as a number of seconds (fractions allowed).
+fn seconds(flag: &str, value: &OsString) -> Result<Duration, Exit> {
+    let text = value.to_string_lossy();
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| Exit::Usage(format!("{flag} {text:?} is not a number of seconds")))
 }
 
 /// `$CASSTACK_DATA`, else `$XDG_CACHE_HOME/casstack`, else `$HOME/.cache/casstack`.
@@ -150,14 +168,17 @@ mod tests {
             "/d",
             "--grace",
             "0.5",
+            "--upload-idle-timeout=0.25",
         ])
         .unwrap();
         assert_eq!(a.addr.port(), 0);
         assert_eq!(a.layout.unwrap(), PathBuf::from("l.toml"));
         assert_eq!(a.data, PathBuf::from("/d"));
         assert_eq!(a.grace, Duration::from_millis(500));
+        assert_eq!(a.upload_idle_timeout, Duration::from_millis(250));
         let a = parse(&["--data", "/d"]).unwrap();
         assert_eq!(a.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(a.upload_idle_timeout, DEFAULT_UPLOAD_IDLE_TIMEOUT);
         assert!(a.layout.is_none());
     }
 
@@ -170,6 +191,8 @@ mod tests {
         assert!(msg(&["--addr", "localhost"]).contains("HOST:PORT"));
         assert!(msg(&["--data"]).contains("needs a value"));
         assert!(msg(&["--grace", "-1", "--data", "/d"]).contains("seconds"));
+        assert!(msg(&["--upload-idle-timeout", "soon"]).contains("not a number of seconds"));
+        assert!(msg(&["--upload-idle-timeout", "0", "--data", "/d"]).contains("more than 0"));
         assert!(msg(&["--port", "1"]).contains("unknown option"));
         assert!(matches!(parse(&["-h"]), Err(Exit::Help)));
     }

@@ -177,7 +177,11 @@ where
     });
     let cas = Metrics::new(cas, MetricsConfig { name: "cas".into() });
     let ac = Metrics::new(ac, MetricsConfig { name: "ac".into() });
-    let server = Arc::new(Server::new(cas, ac).with_metrics(metrics));
+    let server = Arc::new(
+        Server::new(cas, ac)
+            .with_metrics(metrics)
+            .with_upload_idle_timeout(args.upload_idle_timeout),
+    );
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

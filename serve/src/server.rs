@@ -2,10 +2,11 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /cas/{sha256}`, `GET /ac/{sha256}` | 200 with `Content-Length` and the object streamed; 404 on a miss |
+//! | `GET /cas/{sha256}`, `GET /ac/{sha256}` | 200 with `Content-Length` and the object streamed; 404 on a miss; a CAS object whose bytes do not hash to its name (corrupted at rest) is cut short of its `Content-Length` and logged at warn level |
 //! | `HEAD` of the same | 200 with `Content-Length`, or 404 |
 //! | `PUT /cas/{sha256}` | 201 once stored; 400 (nothing stored) if the body's sha256 or length is not the URL's; 411 without `Content-Length` |
 //! | `PUT /ac/{sha256}` | 201 once stored; the body is stored as is (not checked) |
+//! | a `PUT` whose client sends no body byte for the idle timeout | 408 with `Connection: close`, nothing stored |
 //! | any path under an instance prefix, `/{instance}/cas/...`, `/{instance}/ac/...` | the same |
 //! | `GET /health` | 200 `ok`, or 503 with every failing part of both stores (their `check_health`, at most 10 s) |
 //! | `GET /metrics` | 200 with every metric casstack recorded, in the Prometheus text format |
@@ -20,7 +21,9 @@
 //! protocol names a CAS object by its hash alone.
 //!
 //! A body cut short (the connection closes before `Content-Length` bytes arrived) fails the
-//! store's atomic `put`, so nothing is stored.
+//! store's atomic `put`, so nothing is stored (400). So does an upload whose client stalls: no
+//! body byte for the idle timeout (`--upload-idle-timeout`, default 60 s) abandons it, logged
+//! at warn level, answered 408 with `Connection: close`.
 
 use std::time::{Duration, Instant};
 
@@ -29,11 +32,12 @@ use casstack::{
     ByteRange, Code, Digest, Either, Error, Key, Store, StoreExt, UploadSize, Verify, VerifyConfig,
 };
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::body::{IncomingStream, ReaderBody, ResponseBody};
+use crate::body::{IdleFlag, IncomingStream, ReaderBody, ResponseBody};
+use crate::cli::DEFAULT_UPLOAD_IDLE_TIMEOUT;
 use crate::sizes::SizeIndex;
 
 /// How long `/health` waits for the stores' checks.
@@ -72,18 +76,38 @@ pub struct Server<C, A> {
     sizes: SizeIndex<A>,
     /// What `/metrics` renders.
     metrics: Option<PrometheusHandle>,
+    /// How long an upload may go without a body byte.
+    upload_idle: Duration,
 }
 
 impl<C: Store, A: Store> Server<C, A> {
     /// Serves CAS objects from `cas` (uploads are checked against their hash) and AC entries
-    /// from `ac`.
+    /// from `ac`. Needs a Tokio runtime (the size index follows the CAS store's removals).
     pub fn new(cas: C, ac: A) -> Self {
+        // Reads are checked too: a corrupt copy (a flipped bit on disk) is cut short, never
+        // served whole (bb-storage checks every read; bazel-remote, peers #9, does not).
+        let cas = Verify::new(
+            cas,
+            VerifyConfig {
+                verify_on_get: true,
+                ..VerifyConfig::default()
+            },
+        );
+        let sizes = SizeIndex::new(ac.clone());
+        sizes.watch(cas.clone());
         Server {
-            cas: Verify::new(cas, VerifyConfig::default()),
-            sizes: SizeIndex::new(ac.clone()),
+            cas,
+            sizes,
             ac,
             metrics: None,
+            upload_idle: DEFAULT_UPLOAD_IDLE_TIMEOUT,
         }
+    }
+
+    /// Abandons uploads whose client sends no body byte for `idle` (default 60 s).
+    pub fn with_upload_idle_timeout(mut self, idle: Duration) -> Self {
+        self.upload_idle = idle;
+        self
     }
 
     /// Serves `/metrics` from `handle` (the installed Prometheus recorder).
@@ -189,7 +213,7 @@ impl<C: Store, A: Store> Server<C, A> {
             };
         }
         match self.cas.get(digest.into(), ByteRange::FULL).await {
-            Ok(reader) => Ok(object_response(Either::Left(reader), size)),
+            Ok(reader) => Ok(object_response(Either::Left(reader), digest.into(), size)),
             Err(e) if e.code() == Code::NotFound => {
                 self.sizes.forget(&route.hash);
                 Err(Failure::Miss)
@@ -206,8 +230,8 @@ impl<C: Store, A: Store> Server<C, A> {
         if head {
             return Ok(head_response(size));
         }
-        match self.ac.get(key, ByteRange::FULL).await {
-            Ok(reader) => Ok(object_response(Either::Right(reader), size)),
+        match self.ac.get(key.clone(), ByteRange::FULL).await {
+            Ok(reader) => Ok(object_response(Either::Right(reader), key, size)),
             Err(e) if e.code() == Code::NotFound => Err(Failure::Miss),
             Err(e) => Err(e.into()),
         }
@@ -222,13 +246,12 @@ impl<C: Store, A: Store> Server<C, A> {
             return Err(Failure::LengthRequired);
         };
         let digest = Digest::new(route.hash, size);
-        self.cas
-            .put(
-                digest.into(),
-                UploadSize::Exact(size),
-                IncomingStream::new(body),
-            )
-            .await?;
+        let (body, idle) = IncomingStream::new(body, self.upload_idle);
+        let stored = self
+            .cas
+            .put(digest.into(), UploadSize::Exact(size), body)
+            .await;
+        self.check_upload(route, stored, &idle)?;
         if !digest.is_empty_blob() {
             self.sizes
                 .record(&route.hash, &route.hash_hex, size)
@@ -246,10 +269,36 @@ impl<C: Store, A: Store> Server<C, A> {
             Some(n) => UploadSize::Exact(n),
             None => UploadSize::AtMost(u64::MAX),
         };
-        self.ac
-            .put(ac_key(route), size, IncomingStream::new(body))
-            .await?;
+        let (body, idle) = IncomingStream::new(body, self.upload_idle);
+        let stored = self.ac.put(ac_key(route), size, body).await;
+        self.check_upload(route, stored, &idle)?;
         Ok(created())
+    }
+
+    /// An upload's outcome, telling an abandoned (idle) upload from other failures.
+    fn check_upload(
+        &self,
+        route: &Route<'_>,
+        stored: casstack::Result<u64>,
+        idle: &IdleFlag,
+    ) -> Result<u64, Failure> {
+        match stored {
+            Ok(size) => Ok(size),
+            Err(_) if idle.is_raised() => {
+                let kind = match route.kind {
+                    Kind::Cas => "cas",
+                    Kind::Ac => "ac",
+                };
+                tracing::warn!(
+                    instance = route.instance,
+                    "PUT /{kind}/{}: abandoned, the client sent no body bytes for {:?}; nothing stored",
+                    route.hash_hex,
+                    self.upload_idle
+                );
+                Err(Failure::UploadIdle(self.upload_idle))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -317,6 +366,8 @@ enum Failure {
     UnknownPath,
     MethodNotAllowed,
     LengthRequired,
+    /// The upload's client sent nothing for this long.
+    UploadIdle(Duration),
     BadRequest(String),
     Store(Error),
 }
@@ -338,6 +389,10 @@ impl std::fmt::Display for Failure {
             Failure::LengthRequired => {
                 f.write_str("a CAS upload needs a Content-Length (its size is part of its digest)")
             }
+            Failure::UploadIdle(idle) => write!(
+                f,
+                "upload abandoned: no body bytes for {idle:?}; nothing was stored"
+            ),
             Failure::BadRequest(message) => f.write_str(message),
             Failure::Store(e) => write!(f, "{e}"),
         }
@@ -350,6 +405,7 @@ impl Failure {
             Failure::Miss | Failure::UnknownPath => StatusCode::NOT_FOUND,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Failure::UploadIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::Store(e) => match e.code() {
                 Code::NotFound => StatusCode::NOT_FOUND,
@@ -376,6 +432,12 @@ impl Failure {
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
         }
+        if matches!(self, Failure::UploadIdle(_)) {
+            // The rest of the body may still come: this connection is done.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -393,11 +455,11 @@ fn text_response<R>(
     response
 }
 
-fn object_response<R>(reader: R, size: u64) -> Response<ResponseBody<R>> {
+fn object_response<R>(reader: R, key: Key, size: u64) -> Response<ResponseBody<R>> {
     let mut response = Response::new(if size == 0 {
         ResponseBody::empty()
     } else {
-        ResponseBody::Object(ReaderBody::new(reader, size))
+        ResponseBody::Object(ReaderBody::new(reader, key, size))
     });
     let headers = response.headers_mut();
     headers.insert(

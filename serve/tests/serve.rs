@@ -305,6 +305,35 @@ fn a_one_store_layout_file_needs_name_keys() {
 }
 
 #[test]
+fn the_size_index_forgets_what_the_cas_store_evicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("small.toml");
+    std::fs::write(
+        &layout,
+        "[memory.eviction_policy]\nmax_bytes = \"100kib\"\n",
+    )
+    .unwrap();
+    let mut server = Server::start(dir.path(), &["--layout", layout.to_str().unwrap()]);
+    let (a, b) = (vec![1u8; 60_000], vec![2u8; 60_000]);
+    let (path_a, path_b) = (cas(&sha256_hex(&a)), cas(&sha256_hex(&b)));
+    assert_eq!(server.put(&path_a, &a).status, 201);
+    assert_eq!(server.get(&path_a).body, a);
+    // No room for both: storing b evicts a, and the index's check confirms it is gone.
+    assert_eq!(server.put(&path_b, &b).status, 201);
+    server.wait_line(false, "the CAS store dropped 1 of 1 reported objects");
+    assert_eq!(server.get(&path_a).status, 404);
+    assert_eq!(server.head(&path_a).status, 404);
+    assert_eq!(server.get(&path_b).body, b);
+    // Uploaded again, a is served again (and b is evicted in turn).
+    assert_eq!(server.put(&path_a, &a).status, 201);
+    assert_eq!(server.get(&path_a).body, a);
+    server.wait_line(false, "the CAS store dropped 1 of 1 reported objects");
+    assert_eq!(server.head(&path_b).status, 404);
+    assert_eq!(server.head(&path_a).status, 200);
+    server.stop();
+}
+
+#[test]
 fn metrics_and_health_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
@@ -512,6 +541,25 @@ fn start_upload(server: &Server, path: &str, len: usize, first: &[u8]) -> TcpStr
     conn
 }
 
+/// Like [`start_upload`], but `first` goes out in one write with the head, before the server
+/// asks for the body, and nothing follows: however late this client is scheduled, the server
+/// has every byte it will get before its idle clock starts, and the test never writes to a
+/// connection the server may have closed.
+fn stall_upload(server: &Server, path: &str, len: usize, first: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    let mut head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .into_bytes();
+    head.extend_from_slice(first);
+    conn.write_all(&head).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 25];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn
+}
+
 #[test]
 fn an_upload_cut_midway_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,6 +590,59 @@ fn an_upload_cut_midway_stores_nothing() {
 }
 
 #[test]
+fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--upload-idle-timeout", "0.2"]);
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    for path in [cas(&sha256_hex(&blob)), ac(&sha256_hex(b"stalled"))] {
+        // Half the body, then nothing more, with the connection left open.
+        let mut conn = stall_upload(&server, &path, blob.len(), &blob[..25_000]);
+        let r = read_reply(&mut conn, false);
+        assert_eq!(r.status, 408, "{r:?}");
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(String::from_utf8_lossy(&r.body).contains("no body bytes for 200ms"));
+        // Logged at warn level, naming the upload.
+        let line = server.wait_line(false, "abandoned, the client sent no body bytes");
+        assert!(line.contains(" WARN ") && line.contains(&path), "{line}");
+        server.wait_log(&format!("PUT {path} 408"));
+        assert_eq!(server.head(&path).status, 404, "{path}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != ".casstack-lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A client that keeps sending is not abandoned, however long the whole upload takes.
+    let path = cas(&sha256_hex(&blob));
+    assert_eq!(server.put(&path, &blob).status, 201);
+    assert_eq!(server.get(&path).body, blob);
+    server.stop();
+}
+
+#[test]
+fn shutdown_completes_once_a_stalled_upload_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = b"stalled at shutdown".repeat(500);
+    let path = cas(&sha256_hex(&blob));
+    // The grace period is far longer than the idle timeout: the upload ends first.
+    let mut server = Server::start(
+        dir.path(),
+        &["--grace", "20", "--upload-idle-timeout", "0.2"],
+    );
+    let mut conn = stall_upload(&server, &path, blob.len(), &blob[..100]);
+    server.terminate();
+    server.wait_stdout("shutting down");
+    assert_eq!(read_reply(&mut conn, false).status, 408);
+    server.wait_stdout("shut down cleanly");
+    assert!(server.wait_exit().success());
+
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.head(&path).status, 404);
+    server.stop();
+}
+
+#[test]
 fn a_restart_keeps_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     // 1 MiB: read back from disk after the restart in many chunks.
@@ -566,6 +667,99 @@ fn a_restart_keeps_the_cache() {
     assert_eq!(server.head(&cas(&hash)).status, 200);
     assert_eq!(server.get(&ac(&hash)).body, b"result");
     assert_eq!(server.get(&format!("/i/ac/{hash}")).body, b"i's result");
+    server.stop();
+}
+
+/// The file under `dir` (searched recursively) whose name starts with `prefix`.
+fn find_file(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, prefix) {
+                return Some(found);
+            }
+        } else if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(prefix)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_corrupt_cas_object_is_never_served_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // Several read chunks from disk.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let hash = sha256_hex(&blob);
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.put(&cas(&hash), &blob).status, 201);
+    server.stop();
+    // A bit flips on disk (same length, so only the hash can tell).
+    let file = find_file(&dir.path().join("content"), &hash).expect("the object's file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes, blob);
+    bytes[123_456] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let mut server = Server::start(dir.path(), &[]);
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    write!(
+        conn,
+        "GET /cas/{hash} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let r = parse_reply(&raw, true);
+    assert_eq!(
+        (r.status, r.content_length()),
+        (200, Some(blob.len() as u64))
+    );
+    assert!(
+        r.body.len() < blob.len(),
+        "the corrupt object was sent whole"
+    );
+    // Logged, naming the object.
+    let line = server.wait_line(false, "was cut short");
+    assert!(
+        line.contains(" WARN ") && line.contains(&hash) && line.contains("sha256 mismatch"),
+        "{line}"
+    );
+    // Uploading it again repairs it.
+    assert_eq!(server.put(&cas(&hash), &blob).status, 201);
+    assert_eq!(server.get(&cas(&hash)).body, blob);
+    server.stop();
+    assert_eq!(std::fs::read(&file).unwrap(), blob);
+}
+
+/// bazel-remote#798 (peers.md #20): a blob larger than the fast tier is refused with 507
+/// there. Here the fast tier declines it and the slow tier keeps it.
+#[test]
+fn a_blob_larger_than_the_fast_tier_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("tiny-fast.toml");
+    std::fs::write(
+        &layout,
+        "[fast_slow.fast.memory.eviction_policy]\nmax_bytes = \"64kib\"\n\
+         [fast_slow.slow.filesystem]\ncontent_path = \"$CASSTACK_DATA/content\"\n\
+         temp_path = \"$CASSTACK_DATA/tmp\"\n",
+    )
+    .unwrap();
+    let layout = layout.to_str().unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let path = cas(&sha256_hex(&blob));
+    let server = Server::start(dir.path(), &["--layout", layout]);
+    assert_eq!(server.put(&path, &blob).status, 201);
+    assert_eq!(server.get(&path).body, blob);
+    server.stop();
+    let server = Server::start(dir.path(), &["--layout", layout]);
+    assert_eq!(server.get(&path).body, blob);
     server.stop();
 }
 
