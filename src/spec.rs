@@ -140,6 +140,14 @@ macro_rules! wrapper_node {
             pub config: $config,
         }
 
+        impl $name {
+            /// The child stores, by field name.
+            #[cfg_attr(not(any(feature = "zstd", feature = "dedup")), allow(dead_code))]
+            fn children(&self) -> Vec<(&'static str, &StoreSpec)> {
+                vec![$((stringify!($child), &*self.$child)),+]
+            }
+        }
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
                 let mut fields = NodeFields::read(d)?;
@@ -300,6 +308,21 @@ impl StoreSpec {
             StoreSpec::Metrics(_) => "metrics",
             StoreSpec::RedisStore(_) => "redis_store",
             StoreSpec::Boxed(_) => "boxed",
+        }
+    }
+
+    /// The children of a wrapper node written with named fields (none for the others).
+    #[cfg_attr(not(any(feature = "zstd", feature = "dedup")), allow(dead_code))]
+    fn wrapper_children(&self) -> Vec<(&'static str, &StoreSpec)> {
+        match self {
+            StoreSpec::FastSlow(node) => node.children(),
+            StoreSpec::SizePartitioning(node) => node.children(),
+            StoreSpec::Compression(node) => node.children(),
+            StoreSpec::Dedup(node) => node.children(),
+            StoreSpec::Verify(node) => node.children(),
+            StoreSpec::ExistenceCache(node) => node.children(),
+            StoreSpec::Metrics(node) => node.children(),
+            _ => Vec::new(),
         }
     }
 }
@@ -498,19 +521,43 @@ impl<S: FromSpec + Store> FromSpec for ExistenceCache<S> {
 }
 
 #[cfg(any(feature = "zstd", feature = "dedup"))]
-/// A filesystem that checks digest sizes cannot sit under a wrapper that stores other bytes
-/// under digest keys: say so when the layout is built, not on the first upload.
-fn refuse_size_checking_filesystem(child: &StoreSpec, cx: &BuildContext) -> Result<()> {
-    match child {
-        StoreSpec::Filesystem(config) if config.check_digest_sizes => Err(Error::new(
+/// Below a store that keeps other bytes under digest keys (Compress; Dedup's index), a
+/// filesystem that checks digest sizes or a verify that checks digests would refuse every
+/// upload: say so when the layout is built, not on the first upload. Walks the whole subtree
+/// (a `fast_slow`, `shard` or `existence_cache` in between changes nothing), except a Dedup's
+/// content store, which gets chunks under their own true digests, and `ref_store`s, which are
+/// built on their own.
+fn refuse_digest_checks_below(spec: &StoreSpec, cx: &BuildContext) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::new(
             Code::InvalidArgument,
             format!(
-                "{}.filesystem: a filesystem under a store that changes the bytes needs \
-                 check_digest_sizes = false",
-                cx.path()
+                "{}.{}: under a store that changes the bytes, {what}",
+                cx.path(),
+                spec.kind()
             ),
-        )),
-        _ => Ok(()),
+        ))
+    };
+    match spec {
+        StoreSpec::Filesystem(config) if config.check_digest_sizes => {
+            refuse("a filesystem needs check_digest_sizes = false")
+        }
+        StoreSpec::Verify(node) if node.config.verify_size || node.config.verify_hash => refuse(
+            "a verify store would refuse every upload (set verify_size and verify_hash to false, or move it above)",
+        ),
+        StoreSpec::Dedup(node) => {
+            refuse_digest_checks_below(&node.index_store, &cx.child("dedup", "index_store"))
+        }
+        StoreSpec::Shard(node) => node.stores.iter().try_for_each(|entry| {
+            refuse_digest_checks_below(&entry.store, &cx.child("shard", "stores.store"))
+        }),
+        StoreSpec::Boxed(inner) => refuse_digest_checks_below(inner, &cx.child("boxed", "")),
+        _ => spec
+            .wrapper_children()
+            .into_iter()
+            .try_for_each(|(field, child)| {
+                refuse_digest_checks_below(child, &cx.child(spec.kind(), field))
+            }),
     }
 }
 
@@ -521,7 +568,7 @@ impl<S: FromSpec + Store> FromSpec for crate::wrappers::compress::Compress<S> {
             return Err(cx.mismatch("compression", spec));
         };
         let backend_cx = cx.child("compression", "backend");
-        refuse_size_checking_filesystem(&node.backend, &backend_cx)?;
+        refuse_digest_checks_below(&node.backend, &backend_cx)?;
         let inner = S::from_spec_in(&node.backend, &backend_cx).await?;
         Self::new(inner, node.config).map_err(|e| cx.located(e))
     }
@@ -534,7 +581,7 @@ impl<I: FromSpec + Store, C: FromSpec + Store> FromSpec for crate::wrappers::ded
             return Err(cx.mismatch("dedup", spec));
         };
         let index_cx = cx.child("dedup", "index_store");
-        refuse_size_checking_filesystem(&node.index_store, &index_cx)?;
+        refuse_digest_checks_below(&node.index_store, &index_cx)?;
         let index = I::from_spec_in(&node.index_store, &index_cx).await?;
         let content_cx = cx.child("dedup", "content_store");
         let content = C::from_spec_in(&node.content_store, &content_cx).await?;

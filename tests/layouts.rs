@@ -204,6 +204,59 @@ async fn a_size_checking_filesystem_under_compression_is_refused_at_build_time()
     );
 }
 
+#[tokio::test]
+async fn digest_checks_anywhere_below_a_byte_changing_store_are_refused_at_build_time() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = format!(
+        "filesystem = {{ content_path = '{0}/c', temp_path = '{0}/t' }}",
+        root.path().display()
+    );
+    let build = |toml: String| async move {
+        let spec = StoreSpec::from_toml(&toml).unwrap();
+        BoxStore::from_spec(&spec).await.map(drop)
+    };
+    let refused = [
+        (
+            format!("[compression.backend.fast_slow]\nfast.memory = {{}}\nslow.{fs}"),
+            "compression.backend.fast_slow.slow.filesystem: under a store that changes the bytes, \
+             a filesystem needs check_digest_sizes = false",
+        ),
+        (
+            format!(
+                "[compression.backend.shard]\nstores = [{{ store.existence_cache.backend.{fs} }}]"
+            ),
+            "compression.backend.shard.stores.store.existence_cache.backend.filesystem",
+        ),
+        (
+            "[compression.backend.verify]\nbackend.memory = {}".to_string(),
+            "compression.backend.verify: under a store that changes the bytes, a verify store",
+        ),
+        (
+            format!(
+                "[dedup]\ncontent_store.memory = {{}}\nindex_store.metrics = {{ name = 'i', backend.{fs} }}"
+            ),
+            "dedup.index_store.metrics.backend.filesystem",
+        ),
+    ];
+    for (toml, expected) in refused {
+        let err = build(toml.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{toml}");
+        assert!(err.message().contains(expected), "{toml}\n{err}");
+    }
+    // A dedup's content store gets chunks under their true digests, and a verify that checks
+    // nothing is harmless: both build.
+    let accepted = [
+        format!("[dedup]\nindex_store.memory = {{}}\ncontent_store.{fs}"),
+        "[compression.backend.verify]\nverify_size = false\nverify_hash = false\nbackend.memory = {}"
+            .to_string(),
+    ];
+    for toml in accepted {
+        build(toml.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{toml}\n{e}"));
+    }
+}
+
 // 16 levels: the deepest layout the macro accepts, built, spawned and used.
 casstack::layout!(type Deepest = inline r#"
 verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.verify.backend.existence_cache.backend.fast_slow = { fast.memory = {}, slow.memory = {} }
