@@ -7,7 +7,7 @@
 //!
 //! | store | what its check does |
 //! |---|---|
-//! | any store without its own check (the default) | a round trip of a small fixed blob under its digest: `put`, `has`, `get`, compare |
+//! | any store without its own check (the default) | a round trip of a small fixed blob under its digest: `put`, `has`, `get`, compare (only `has` and `get` while the blob is there and intact) |
 //! | `Memory`, `Noop` | nothing can fail: always ok |
 //! | `Filesystem` | stats `content_path`, `d/`, `s/` and `temp_path`, and creates (then removes) a file in `temp_path` |
 //! | `Redis` | a `PING` (with the store's retries) |
@@ -187,11 +187,22 @@ pub(crate) fn short_type_name<S: ?Sized>() -> &'static str {
 }
 
 /// The default check: put the probe under its digest, then `has` and `get` it back.
+///
+/// When the probe is already there and reads back intact, nothing is written: a health
+/// endpoint polled every few seconds then costs a `has` and a small `get`, not a `put` each
+/// time (sccache's check object drew S3 `SlowDown` errors that way, peers.md item 35).
 pub(crate) async fn round_trip<S: Store>(store: &S) -> HealthStatus {
     let name = short_type_name::<S>();
     let data = Bytes::from_static(PROBE);
     let digest = Digest::of(PROBE);
     let size = PROBE.len() as u64;
+    if let Ok(Some(n)) = store.has(digest).await
+        && n == size
+        && store.get_bytes(digest).await.is_ok_and(|read| read == data)
+    {
+        return HealthStatus::Ok;
+    }
+    // Missing, evicted, unreadable or wrong: write it (again) and check the whole way.
     if let Err(e) = store.put_bytes(digest, data.clone()).await {
         return HealthStatus::failed(name, format!("put of the probe blob failed: {e}"));
     }

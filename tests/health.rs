@@ -64,7 +64,7 @@ async fn a_wrapper_reports_which_child_failed() {
         ),
         Default::default(),
     );
-    assert!(store.check_health().await.is_ok());
+    // The first check writes the probe: a failing put is reported, by path.
     slow.inject(Operation::Put, Fault::Fail(Code::Unavailable), 1);
     let status = store.check_health().await;
     let (who, message) = failure(&status);
@@ -74,8 +74,24 @@ async fn a_wrapper_reports_which_child_failed() {
         "{message}"
     );
     assert!(message.contains("Unavailable"), "{message}");
+    assert!(store.check_health().await.is_ok(), "the fault was used up");
+    // While the probe is there and intact, checks only read (peers.md item 35).
+    let puts = slow.calls(Operation::Put);
+    for _ in 0..3 {
+        assert!(store.check_health().await.is_ok());
+    }
+    assert_eq!(slow.calls(Operation::Put), puts, "no write per check");
+    // A read that fails is reported; the probe is rewritten and read again, and the second
+    // read fails too.
+    slow.inject(Operation::Get, Fault::Fail(Code::Unavailable), 2);
+    let (who, message) = failure(&store.check_health().await);
+    assert_eq!(who, "Verify > ExistenceCache > FastSlow.slow > Faulty");
+    assert!(
+        message.contains("get of the probe blob failed"),
+        "{message}"
+    );
     // Through a BoxStore too.
-    slow.inject(Operation::Get, Fault::Fail(Code::Unavailable), 1);
+    slow.inject(Operation::Get, Fault::Fail(Code::Unavailable), 2);
     let boxed = BoxStore::new(store.clone());
     let (who, message) = failure(&boxed.check_health().await);
     assert_eq!(who, "Verify > ExistenceCache > FastSlow.slow > Faulty");
@@ -98,7 +114,8 @@ async fn every_failing_child_is_reported() {
         message.contains("has of the probe blob found None"),
         "{message}"
     );
-    a.inject(Operation::Has, Fault::Fail(Code::Internal), 1);
+    // Twice: the read-only pass and the rewrite both ask.
+    a.inject(Operation::Has, Fault::Fail(Code::Internal), 2);
     let status = store.check_health().await;
     let stores: Vec<_> = status
         .failures()
