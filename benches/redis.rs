@@ -4,7 +4,10 @@
 //! 1 KiB, 1 MiB and (get only) 16 MiB blobs. The bench starts its own `redis-server` on a free
 //! loopback port.
 //!
-//! The store pays for what the raw commands skip: a pooled connection checkout,
+//! For 1 MiB and more, `casstack_read_ahead_0` is the same store with `read_ahead = 0`: one
+//! `GETRANGE` window per round trip, requested when the caller asks for it.
+//!
+//! The store pays for what the raw commands skip: a pooled connection checkout (no round trip),
 //! `EXISTS`/`STRLEN` before a read (in the same round trip), a large blob read in
 //! `read_chunk_size` windows each checked against the object's length, and a staged upload
 //! committed by a Lua script (atomic length check + `RENAME`).
@@ -33,7 +36,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut config = RedisConfig::new(server.url());
     config.key_prefix = "b:".into();
-    let store = runtime.block_on(Redis::connect(config)).unwrap();
+    let store = runtime.block_on(Redis::connect(config.clone())).unwrap();
+    // The same store reading one window at a time (as before read-ahead existed).
+    config.read_ahead = 0;
+    let one_at_a_time = runtime.block_on(Redis::connect(config)).unwrap();
     let raw: MultiplexedConnection = runtime.block_on(async {
         redis::Client::open(server.url())
             .unwrap()
@@ -80,7 +86,11 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
 
-    for (label, size) in [("1KiB", 1usize << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)] {
+    for (label, size) in [
+        ("1KiB", 1usize << 10),
+        ("1MiB", 1 << 20),
+        ("16MiB", 16 << 20),
+    ] {
         let data = blob(size, 7);
         let d = Digest::of(&data);
         let raw_key = format!("raw:{d}");
@@ -101,6 +111,11 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("casstack", label), |b| {
             b.iter(|| black_box(runtime.block_on(store.get_bytes(d)).unwrap()))
         });
+        if size >= 1 << 20 {
+            group.bench_function(BenchmarkId::new("casstack_read_ahead_0", label), |b| {
+                b.iter(|| black_box(runtime.block_on(one_at_a_time.get_bytes(d)).unwrap()))
+            });
+        }
         group.bench_function(BenchmarkId::new("raw_GET", label), |b| {
             b.iter(|| {
                 let mut conn = raw.clone();

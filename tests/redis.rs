@@ -318,7 +318,10 @@ async fn a_key_that_vanishes_mid_read_is_an_error_not_a_short_object() {
 /// Reads `reader` (whose first 1000 bytes of `data` were taken) until it fails: windows
 /// requested ahead before the object changed may still arrive, but only as correct bytes of
 /// `data`, and the reader never ends short without an error.
-async fn read_until_error(reader: &mut casstack::stores::redis::RedisStream, data: &Bytes) -> Error {
+async fn read_until_error(
+    reader: &mut casstack::stores::redis::RedisStream,
+    data: &Bytes,
+) -> Error {
     let mut got = 1_000;
     loop {
         match reader.next().await {
