@@ -297,7 +297,7 @@ async fn a_key_that_vanishes_mid_read_is_an_error_not_a_short_object() {
     let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
     assert_eq!(reader.next().await.unwrap().unwrap(), data.slice(..1_000));
     server.command(&["DEL", &format!("p:{d}")]);
-    let err = reader.next().await.unwrap().unwrap_err();
+    let err = read_until_error(&mut reader, &data).await;
     assert_eq!(err.code(), Code::Aborted);
     assert_eq!(err.key(), Some(&Key::from(d)));
     assert!(
@@ -310,9 +310,138 @@ async fn a_key_that_vanishes_mid_read_is_an_error_not_a_short_object() {
     reader.next().await.unwrap().unwrap();
     server.command(&["APPEND", &format!("p:{d}"), "x"]);
     assert_eq!(
-        reader.next().await.unwrap().unwrap_err().code(),
+        read_until_error(&mut reader, &data).await.code(),
         Code::Aborted
     );
+}
+
+/// Reads `reader` (whose first 1000 bytes of `data` were taken) until it fails: windows
+/// requested ahead before the object changed may still arrive, but only as correct bytes of
+/// `data`, and the reader never ends short without an error.
+async fn read_until_error(
+    reader: &mut casstack::stores::redis::RedisStream,
+    data: &Bytes,
+) -> Error {
+    let mut got = 1_000;
+    loop {
+        match reader.next().await {
+            Some(Ok(chunk)) => {
+                assert_eq!(chunk, data.slice(got..got + chunk.len()));
+                got += chunk.len();
+            }
+            Some(Err(e)) => return e,
+            None => panic!("the reader ended without an error after {got} bytes"),
+        }
+    }
+}
+
+/// `INFO <section>` as text.
+fn info(server: &RedisServer, section: &str) -> String {
+    match server.command(&["INFO", section]) {
+        redis::Value::BulkString(text) => String::from_utf8(text).unwrap(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO {section}: {other:?}"),
+    }
+}
+
+/// How many times the server ran `command` (lower case), from `INFO commandstats`.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info(server, "commandstats")
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+fn connected_clients(server: &RedisServer) -> u64 {
+    info(server, "clients")
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reader_requests_a_bounded_number_of_windows_ahead_and_drops_them_cleanly() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "p:");
+    cfg.read_chunk_size = 1_000;
+    cfg.read_ahead = 3;
+    let store = Redis::connect(cfg).await.unwrap();
+    let data = blob(20_000, 3);
+    let d = Digest::of(&data);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    let before = calls(&server, "getrange");
+    let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
+    assert_eq!(reader.next().await.unwrap().unwrap(), data.slice(..1_000));
+    // While the caller holds window 0, windows 1 to 3 are requested, and no more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while calls(&server, "getrange") < before + 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window requested ahead"
+        );
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls(&server, "getrange"), before + 4, "at most 3 ahead");
+    // Readers dropped mid-way leave no task and no connection behind, and the shared
+    // connection stays in step (the discarded answers are not read by anyone else).
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let clients = connected_clients(&server);
+    drop(reader);
+    for _ in 0..20 {
+        let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
+        reader.next().await.unwrap().unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.get_bytes(d).await.unwrap(), data);
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks
+    );
+    assert_eq!(connected_clients(&server), clients);
+    // Without read-ahead, a window is requested only when the caller asks for it.
+    let mut cfg = config(&server, "p:");
+    cfg.read_chunk_size = 1_000;
+    cfg.read_ahead = 0;
+    let store = Redis::connect(cfg).await.unwrap();
+    let before = calls(&server, "getrange");
+    let mut reader = store.get(d.into(), ByteRange::FULL).await.unwrap();
+    reader.next().await.unwrap().unwrap();
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls(&server, "getrange"), before + 1);
+    drop(reader);
+    assert_eq!(store.get_bytes(d).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn lending_a_connection_costs_no_ping_and_a_closed_one_is_replaced() {
+    let server = RedisServer::start();
+    let store = connect(&server, "p:").await;
+    store.put_bytes("a", "1".into()).await.unwrap();
+    let pings = calls(&server, "ping");
+    for _ in 0..10 {
+        store.has("a").await.unwrap();
+        store.get_bytes("a").await.unwrap();
+        store.put_bytes("a", "1".into()).await.unwrap();
+    }
+    assert_eq!(calls(&server, "ping"), pings, "a PING per checkout");
+    // The server closes the store's connections; the next upload (which is never retried)
+    // still succeeds, on a fresh connection.
+    server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    store.put_bytes("b", "2".into()).await.unwrap();
+    assert_eq!(store.get_bytes("b").await.unwrap(), "2");
 }
 
 #[tokio::test]

@@ -41,6 +41,11 @@ pub struct RedisConfig {
     /// How many bytes one `GETRANGE` reads while streaming a `get`. Default: 64 KiB.
     #[serde(deserialize_with = "crate::spec::bytes")]
     pub read_chunk_size: u64,
+    /// How many windows a reader requests ahead of the one its caller is handling, so the
+    /// next ones are on their way meanwhile (pipelined on one connection); `0` requests one
+    /// window at a time, when the caller asks for it. A reader buffers at most
+    /// `1 + read_ahead` windows. Default: 4.
+    pub read_ahead: usize,
     /// How many body chunks one `put` sends in one pipeline of `APPEND`s; the next batch is
     /// read from the body while this one is in flight. Default: 10.
     pub max_chunk_uploads_per_update: usize,
@@ -72,6 +77,7 @@ impl Default for RedisConfig {
             addresses: Vec::new(),
             key_prefix: String::new(),
             read_chunk_size: 64 << 10,
+            read_ahead: 4,
             max_chunk_uploads_per_update: 10,
             connection_pool_size: 8,
             connection_timeout_ms: 3_000,
@@ -107,6 +113,7 @@ impl fmt::Debug for RedisConfig {
             .field("addresses", &addresses)
             .field("key_prefix", &self.key_prefix)
             .field("read_chunk_size", &self.read_chunk_size)
+            .field("read_ahead", &self.read_ahead)
             .field(
                 "max_chunk_uploads_per_update",
                 &self.max_chunk_uploads_per_update,
@@ -216,6 +223,7 @@ mod tests {
     fn defaults_are_documented_values() {
         let config = RedisConfig::default();
         assert_eq!(config.read_chunk_size, 65_536);
+        assert_eq!(config.read_ahead, 4);
         assert_eq!(config.max_chunk_uploads_per_update, 10);
         assert_eq!(config.connection_timeout_ms, 3_000);
         assert_eq!(config.command_timeout_ms, 10_000);

@@ -11,7 +11,10 @@
 //! - **`get`** checks `EXISTS`/`STRLEN` and reads the first window in one atomic round trip.
 //!   A digest key then streams `GETRANGE` windows of `read_chunk_size` ([`RedisStream`]),
 //!   each checked against the object's length: an object that vanishes or changes length
-//!   mid-read ends the reader with `Aborted`, never with a short object. A name key's value
+//!   mid-read ends the reader with `Aborted`, never with a short object. While the caller
+//!   handles one window, the next `read_ahead` (default 4) are already requested, pipelined
+//!   on the same connection, so a large object streams at the server's pace; a reader holds
+//!   at most `1 + read_ahead` windows. A name key's value
 //!   can be replaced by a different one at any time, so the whole requested range is read in
 //!   that one atomic round trip: a snapshot, never a mix of two values (action-cache entries
 //!   are small).
@@ -28,9 +31,11 @@
 //! - **Transient errors** (connection refused or reset, timeouts, other I/O errors) are
 //!   `Unavailable`. `has_many` and reads (the first round trip and each window) are retried
 //!   with exponential backoff and jitter ([`RetryConfig`]); an upload is not, because its
-//!   body cannot be replayed: it fails cleanly and the caller retries it. The pool checks a
-//!   connection with `PING` when it lends it and replaces broken ones, so the store recovers
-//!   by itself when the server comes back. [`Redis::connect`] succeeds while the server is
+//!   body cannot be replayed: it fails cleanly and the caller retries it. The pool notices
+//!   without a round trip when a connection's socket has closed (the server was killed or
+//!   restarted, or closed it) and opens a fresh one instead of lending it, so the store
+//!   recovers by itself when the server comes back; only a connection idle for more than
+//!   30 s is checked with a `PING` before it is lent. [`Redis::connect`] succeeds while the server is
 //!   down; operations fail with `Unavailable` until it is up (sccache#1751).
 //! - **Removal notifications.** If the server has `notify-keyspace-events` with `E` (or `K`)
 //!   and `x`/`e` (for example `Exe`, or `KEA`), a background task subscribes and reports
@@ -49,6 +54,7 @@
 //! addresses = ["redis://:password@127.0.0.1:6379/0"]
 //! key_prefix = "cas:"
 //! read_chunk_size = "64kib"
+//! read_ahead = 4
 //! key_ttl_s = "7d"
 //! retry = { max_retries = 3, delay = 0.1, jitter = 0.5 }
 //! ```

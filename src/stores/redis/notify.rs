@@ -104,7 +104,7 @@ pub(crate) async fn subscribe(
         let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
-            .query_async(&mut *conn)
+            .query_async(&mut **conn)
             .await;
         match reply {
             Ok(pair) => pair.get(1).cloned().unwrap_or_default(),

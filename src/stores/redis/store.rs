@@ -74,6 +74,7 @@ pub struct Redis {
 pub(crate) struct Inner {
     pub(super) connector: Arc<Connector>,
     pub(super) read_chunk_size: u64,
+    pub(super) read_ahead: usize,
     prefix: String,
     address: String,
     max_batch: usize,
@@ -132,6 +133,7 @@ impl Redis {
         let inner = Inner {
             connector,
             read_chunk_size: config.read_chunk_size,
+            read_ahead: config.read_ahead,
             prefix,
             address: redact_url(&config.addresses[0]),
             max_batch: config.max_chunk_uploads_per_update,
@@ -161,7 +163,7 @@ impl Redis {
             .retry(|| async {
                 let mut conn = connector.get().await?;
                 redis::cmd("PING")
-                    .query_async::<()>(&mut *conn)
+                    .query_async::<()>(&mut **conn)
                     .await
                     .map_err(|e| connector.error(e, "redis: PING"))
             })
@@ -215,7 +217,7 @@ impl Redis {
             let replies: Vec<u64> = connector
                 .retry(|| async {
                     let mut conn = connector.get().await?;
-                    pipe.query_async(&mut *conn)
+                    pipe.query_async(&mut **conn)
                         .await
                         .map_err(|e| connector.error(e, "redis: has_many"))
                 })

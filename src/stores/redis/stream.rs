@@ -1,5 +1,6 @@
 //! [`RedisStream`]: the reader of a `get`, one `GETRANGE` window at a time.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use futures_core::Stream;
+use futures_util::future::MaybeDone;
 
 use super::Inner;
 use crate::error::{Code, Error, Result};
@@ -19,6 +21,12 @@ type Fetch = Pin<Box<dyn Future<Output = Result<(Bytes, MultiplexedConnection)>>
 /// The reader of [`Redis`](super::Redis): yields the requested range in windows of
 /// `read_chunk_size` bytes, each read with `GETRANGE` together with a `STRLEN` check (one
 /// atomic round trip).
+///
+/// While the caller handles one window, the next `read_ahead` windows are already requested
+/// (pipelined on the same connection), so a large object streams at the server's pace instead
+/// of one round trip per window; at most `1 + read_ahead` windows are buffered. Dropping the
+/// reader drops the requests in flight (their answers are discarded by the connection): no
+/// task is left behind.
 ///
 /// It holds a clone of a multiplexed connection (not a pool slot), so a slow consumer does
 /// not starve the pool. A window that fails transiently is retried on a fresh connection.
@@ -38,36 +46,39 @@ type Fetch = Pin<Box<dyn Future<Output = Result<(Bytes, MultiplexedConnection)>>
 /// # Ok(()) }
 /// ```
 pub struct RedisStream {
-    state: State,
+    /// The window read with the first round trip, not yielded yet.
+    first: Option<Bytes>,
+    /// What is needed to request further windows; `None` once every window is requested or
+    /// the reader failed.
+    read: Option<Read>,
+    /// Windows requested and not yielded yet, in order.
+    in_flight: VecDeque<MaybeDone<Fetch>>,
+    /// `key`, `pos` and `end` for `Debug`.
+    position: Option<(Key, u64, u64)>,
 }
 
-enum State {
-    /// Nothing more to yield.
-    Done,
-    /// Yield `first` (if any), then read windows from `pos` to `end`.
-    Reading {
-        first: Option<Bytes>,
-        read: Option<Read>,
-    },
-    /// A window is on its way.
-    Fetching { fetch: Fetch, read: Read },
-}
-
-/// What a reader needs to fetch further windows.
+/// What a reader needs to request further windows.
 struct Read {
     inner: Arc<Inner>,
     conn: MultiplexedConnection,
     redis_key: Arc<str>,
     key: Key,
-    pos: u64,
+    /// The start of the next window to request.
+    next: u64,
     end: u64,
     size: u64,
+    read_ahead: usize,
 }
 
 impl RedisStream {
     /// A reader that yields nothing (the empty blob, an empty range).
     pub(crate) fn empty() -> Self {
-        RedisStream { state: State::Done }
+        RedisStream {
+            first: None,
+            read: None,
+            in_flight: VecDeque::new(),
+            position: None,
+        }
     }
 
     /// A reader that yields `first`, then windows `[pos, end)` of an object of `size` bytes.
@@ -82,33 +93,55 @@ impl RedisStream {
         end: u64,
         size: u64,
     ) -> Self {
+        let read_ahead = inner.read_ahead;
+        let position = Some((key.clone(), pos - first.len() as u64, end));
         let read = (pos < end).then(|| Read {
             inner,
             conn,
             redis_key,
             key,
-            pos,
+            next: pos,
             end,
             size,
+            read_ahead,
         });
         RedisStream {
-            state: State::Reading {
-                first: (!first.is_empty()).then_some(first),
-                read,
-            },
+            first: (!first.is_empty()).then_some(first),
+            read,
+            in_flight: VecDeque::new(),
+            position,
+        }
+    }
+
+    /// Requests windows until `limit` are in flight (or all are requested), and polls every
+    /// request in flight once, so new ones are sent and finished ones are kept.
+    fn fill(&mut self, limit: usize, cx: &mut Context<'_>) {
+        if let Some(read) = &mut self.read {
+            while self.in_flight.len() < limit && read.next < read.end {
+                self.in_flight.push_back(MaybeDone::Future(read.start()));
+            }
+            if read.next >= read.end {
+                self.read = None;
+            }
+        }
+        for fetch in &mut self.in_flight {
+            let _ = Pin::new(fetch).poll(cx);
         }
     }
 }
 
 impl Read {
-    fn start(&self) -> Fetch {
-        let window = (self.end - self.pos).min(self.inner.read_chunk_size);
+    /// The request of the next window.
+    fn start(&mut self) -> Fetch {
+        let window = (self.end - self.next).min(self.inner.read_chunk_size);
+        let pos = self.next;
+        self.next += window;
         Box::pin(fetch_window(
             self.inner.clone(),
             self.conn.clone(),
             self.redis_key.clone(),
             self.key.clone(),
-            self.pos,
+            pos,
             window,
             self.size,
         ))
@@ -172,45 +205,41 @@ impl Stream for RedisStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            match std::mem::replace(&mut this.state, State::Done) {
-                State::Done => return Poll::Ready(None),
-                State::Reading { first, read } => {
-                    if let Some(first) = first {
-                        this.state = State::Reading { first: None, read };
-                        return Poll::Ready(Some(Ok(first)));
-                    }
-                    let Some(read) = read else {
-                        return Poll::Ready(None);
-                    };
-                    this.state = State::Fetching {
-                        fetch: read.start(),
-                        read,
-                    };
-                }
-                State::Fetching {
-                    mut fetch,
-                    mut read,
-                } => {
-                    let polled = fetch.as_mut().poll(cx);
-                    let Poll::Ready(result) = polled else {
-                        this.state = State::Fetching { fetch, read };
-                        return Poll::Pending;
-                    };
-                    let (chunk, conn) = match result {
-                        Ok(done) => done,
-                        // State stays Done: an error ends the stream.
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    };
+        let read_ahead = this.read.as_ref().map_or(0, |read| read.read_ahead);
+        if let Some(first) = this.first.take() {
+            if let Some((_, pos, _)) = &mut this.position {
+                *pos += first.len() as u64;
+            }
+            // The caller handles `first` while the next windows are on their way.
+            this.fill(read_ahead, cx);
+            return Poll::Ready(Some(Ok(first)));
+        }
+        // The window the caller waits for, and `read_ahead` more.
+        this.fill(read_ahead.saturating_add(1), cx);
+        let Some(front) = this.in_flight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let Some(result) = Pin::new(front).take_output() else {
+            return Poll::Pending;
+        };
+        this.in_flight.pop_front();
+        match result {
+            Ok((chunk, conn)) => {
+                // A retried window may come back on a fresh connection: use it from now on.
+                if let Some(read) = &mut this.read {
                     read.conn = conn;
-                    read.pos += chunk.len() as u64;
-                    let more = read.pos < read.end;
-                    this.state = State::Reading {
-                        first: None,
-                        read: more.then_some(read),
-                    };
-                    return Poll::Ready(Some(Ok(chunk)));
                 }
+                if let Some((_, pos, _)) = &mut this.position {
+                    *pos += chunk.len() as u64;
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Err(e) => {
+                // An error ends the stream; the requests still in flight are dropped.
+                this.read = None;
+                this.in_flight.clear();
+                this.position = None;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
@@ -219,16 +248,13 @@ impl Stream for RedisStream {
 impl fmt::Debug for RedisStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("RedisStream");
-        match &self.state {
-            State::Done => s.field("done", &true),
-            State::Reading {
-                read: Some(read), ..
-            }
-            | State::Fetching { read, .. } => s
-                .field("key", &read.key)
-                .field("pos", &read.pos)
-                .field("end", &read.end),
-            State::Reading { read: None, .. } => s.field("done", &false),
+        match &self.position {
+            Some((key, pos, end)) if pos < end => s
+                .field("key", key)
+                .field("pos", pos)
+                .field("end", end)
+                .field("in_flight", &self.in_flight.len()),
+            _ => s.field("done", &true),
         }
         .finish()
     }
