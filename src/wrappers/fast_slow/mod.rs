@@ -47,7 +47,6 @@ mod config;
 mod flight;
 mod stream;
 
-use std::any::TypeId;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -57,15 +56,17 @@ use futures_util::StreamExt as _;
 pub use config::{FastSlowConfig, StoreDirection};
 pub use stream::FillStream;
 
-use self::flight::{AfterWait, Role, Shared, wait_flight, wait_write};
-use self::stream::{ChannelBody, ChunkSender, chunk_channel};
+use self::flight::{
+    AfterWait, COMMIT_WAIT, LeaderOutcome, Role, Shared, WriteRole, committed_size, wait_flight,
+    wait_leader,
+};
+use self::stream::{ArrivalBody, ChannelBody, ChunkSender, chunk_channel};
 use crate::body::{Body, Either, drain_body};
 use crate::error::{Code, Error, Result};
 use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
-use crate::stores::noop::Noop;
 
 /// Chunks buffered towards each tier during a fill or an upload.
 const CHANNEL_CHUNKS: usize = 8;
@@ -147,30 +148,36 @@ impl<F, S> FastSlow<F, S> {
 }
 
 impl<F: Store, S: Store> FastSlow<F, S> {
-    fn slow_is_noop() -> bool {
-        TypeId::of::<S>() == TypeId::of::<Noop>()
+    /// True if the slow tier keeps nothing (`Noop`, however wrapped): the fast tier is then
+    /// the whole store.
+    fn slow_keeps_nothing(&self) -> bool {
+        self.slow.discards_writes()
     }
 
     async fn sizes(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
         check_out_len(keys, out)?;
-        if Self::slow_is_noop() {
+        if self.slow_keeps_nothing() {
             return self.fast.has_many(keys, out).await;
         }
         // Taken before asking the slow tier, so a write finishing meanwhile is not missed.
         let writes = self.shared.writes_for(keys);
         self.slow.has_many(keys, out).await?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
         for (i, rx) in writes {
             if out[i].is_none() {
-                out[i] = wait_write(rx).await;
+                out[i] = committed_size(rx, deadline).await;
             }
         }
         Ok(())
     }
 
     /// Digests live in both tiers. Names (whose value can change) live only in the slow tier,
-    /// unless the slow tier is `Noop` and the fast one is all there is.
-    fn in_both_tiers(key: &Key) -> bool {
-        matches!(key, Key::Digest(_)) || Self::slow_is_noop()
+    /// unless the slow tier keeps nothing and the fast one is all there is.
+    fn in_both_tiers(&self, key: &Key) -> bool {
+        matches!(key, Key::Digest(_)) || self.slow_keeps_nothing()
     }
 
     async fn read(
@@ -180,7 +187,7 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     ) -> Result<FastSlowReader<F::Reader, S::Reader>> {
         let digest = match key {
             Key::Digest(d) => Some(d),
-            Key::Name(_) if Self::slow_is_noop() => None,
+            Key::Name(_) if self.slow_keeps_nothing() => None,
             Key::Name(_) => {
                 let reader = self.slow.get(key, range).await?;
                 crate::observe::fast_slow_hit("slow");
@@ -261,36 +268,99 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     }
 
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
-        let to_fast = self.config.fast_direction.takes_updates() && Self::in_both_tiers(&key);
-        let to_slow = self.config.slow_direction.takes_updates();
-        match (to_fast, to_slow) {
-            (false, false) => drain_body(&key, size, body).await,
-            (true, false) => self.fast.put(key, size, body).await,
-            (false, true) => {
-                let guard = self.shared.begin_write(&key);
-                let stored = self.slow.put(key, size, body).await;
-                guard.finish(stored.as_ref().ok().copied());
-                stored
-            }
-            (true, true) => {
-                let guard = self.shared.begin_write(&key);
-                let (fast_tx, fast_body) = chunk_channel(CHANNEL_CHUNKS);
-                let (slow_tx, slow_body) = chunk_channel(CHANNEL_CHUNKS);
-                let (sent, fast, slow) = tokio::join!(
-                    fan_out(body, [fast_tx, slow_tx]),
-                    self.fast.put(key.clone(), size, fast_body),
-                    self.slow.put(key, size, slow_body),
-                );
-                guard.finish(slow.as_ref().ok().copied());
-                sent?;
-                let stored = slow?;
-                match fast {
-                    Err(e) if e.code() != Code::ResourceExhausted => Err(e),
-                    _ => Ok(stored),
+        let to_fast = self.config.fast_direction.takes_updates() && self.in_both_tiers(&key);
+        if !self.config.slow_direction.takes_updates() {
+            return match to_fast {
+                false => drain_body(&key, size, body).await,
+                true => self.fast.put(key, size, body).await,
+            };
+        }
+        let mut attempts = 0;
+        let guard = loop {
+            match self.shared.begin_write(&key) {
+                WriteRole::Leader(guard) => break Some(guard),
+                WriteRole::Follower(rx) => {
+                    attempts += 1;
+                    // Boxed: only uploads that found another in flight pay for the timer.
+                    match Box::pin(wait_leader(rx)).await {
+                        LeaderOutcome::Stored(stored) => {
+                            return follow(&key, size, body, stored).await;
+                        }
+                        LeaderOutcome::Failed if attempts < MAX_ATTEMPTS => {}
+                        // Upload on our own, unregistered: never lose this body's data to
+                        // a stalled or failing leader.
+                        LeaderOutcome::Failed | LeaderOutcome::TimedOut => break None,
+                    }
                 }
             }
+        };
+        let body = ArrivalBody::new(body, guard.as_ref().map(|g| g.arrival()));
+        let (stored, slow_stored) = if to_fast {
+            self.write_both(key, size, body).await
+        } else {
+            let stored = self.slow.put(key, size, body).await;
+            let slow_stored = stored.as_ref().ok().copied();
+            (stored, slow_stored)
+        };
+        if let Some(guard) = guard {
+            guard.finish(slow_stored);
         }
+        stored
     }
+
+    /// Writes both tiers from one body; the put's result and the slow tier's stored size.
+    ///
+    /// The fast tier gets every chunk as it arrives, but its end marker only once the slow
+    /// `put` returned `Ok`: if the slow tier refuses the object, the fast `put` aborts and
+    /// stores nothing, so the fast tier never serves what the slow tier (the truth) refused.
+    async fn write_both<B: Body>(
+        &self,
+        key: Key,
+        size: UploadSize,
+        body: B,
+    ) -> (Result<u64>, Option<u64>) {
+        let (fast_tx, fast_body) = chunk_channel(CHANNEL_CHUNKS);
+        let (slow_tx, slow_body) = chunk_channel(CHANNEL_CHUNKS);
+        let slow_put = self.slow.put(key.clone(), size, slow_body);
+        let slow_first = async {
+            let (fanned, slow) = tokio::join!(fan_out(body, fast_tx, slow_tx), slow_put);
+            let sent = match fanned {
+                Ok(Some(fast_tx)) if slow.is_ok() => {
+                    send_all(&mut [Some(fast_tx), None], None).await;
+                    Ok(())
+                }
+                // The slow put failed: the fast sender is dropped here without the end
+                // marker, so the fast put aborts.
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            (sent, slow)
+        };
+        let ((sent, slow), fast) = tokio::join!(slow_first, self.fast.put(key, size, fast_body));
+        let slow_stored = slow.as_ref().ok().copied();
+        let stored = sent.and(slow).and_then(|stored| match fast {
+            Err(e) if e.code() != Code::ResourceExhausted => Err(e),
+            _ => Ok(stored),
+        });
+        (stored, slow_stored)
+    }
+}
+
+/// A follower's upload, once the leader stored the digest: reads the body to its end, checks
+/// it against its declared size and the stored object's size, and stores nothing.
+async fn follow<B: Body>(key: &Key, size: UploadSize, body: B, stored: u64) -> Result<u64> {
+    let received = drain_body(key, size, body).await?;
+    if received != stored {
+        return Err(Error::new(
+            Code::InvalidArgument,
+            format!(
+                "upload body has {received} bytes, but a concurrent upload of this digest \
+                 stored {stored}"
+            ),
+        )
+        .with_key(key.clone()));
+    }
+    Ok(received)
 }
 
 fn not_in_either(key: Key) -> Error {
@@ -311,22 +381,27 @@ async fn put_owned<T: Store>(
     store.put(key, size, body).await
 }
 
-/// Copies `body` into both channels, waiting for the slower one. A tier whose `put` ended
-/// (its receiver is gone) is skipped from then on. An error of the body is returned, and the
-/// channels are dropped without an end marker, so both `put`s abort.
-async fn fan_out<B: Body>(mut body: B, tiers: [ChunkSender; 2]) -> Result<u64> {
-    let mut tiers = tiers.map(Some);
-    let mut sent = 0u64;
+/// Copies `body` into both channels, waiting for the slower one, and sends the end marker to
+/// the slow tier only. Returns the fast tier's sender, still without its end marker (`None`
+/// if that `put` already ended). A tier whose `put` ended (its receiver is gone) is skipped
+/// from then on. An error of the body is returned, and the channels are dropped without an
+/// end marker, so both `put`s abort.
+async fn fan_out<B: Body>(
+    mut body: B,
+    fast: ChunkSender,
+    slow: ChunkSender,
+) -> Result<Option<ChunkSender>> {
+    let mut tiers = [Some(fast), Some(slow)];
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
-        sent += chunk.len() as u64;
         if !send_all(&mut tiers, Some(chunk)).await {
             // Both puts ended early; their errors tell why.
-            return Ok(sent);
+            return Ok(None);
         }
     }
-    send_all(&mut tiers, None).await;
-    Ok(sent)
+    let [fast, slow] = tiers;
+    send_all(&mut [None, slow], None).await;
+    Ok(fast)
 }
 
 /// Sends `item` to every open channel; false once none is open.
