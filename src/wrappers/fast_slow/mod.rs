@@ -2,9 +2,12 @@
 //!
 //! - **`has`** asks the slow tier only: the fast tier may hold what the slow one lost, and a
 //!   blob only in fast must be uploaded again (§9 item 1; NativeLink #633, #2728). A key the
-//!   slow tier does not have yet but that this process is writing to it is waited for, and
-//!   reported with the write's outcome. When the slow tier is [`Noop`], `has` asks the fast
-//!   tier instead.
+//!   slow tier does not have yet but that this process is writing to it is reported with the
+//!   write's outcome if its body has fully arrived and it commits within 10 s (one deadline
+//!   per `has_many`); a write whose body is still arriving is never waited for (a stalled
+//!   uploader must not block `has`), and the key is reported absent, which is the truth.
+//!   When the slow tier keeps nothing ([`Store::discards_writes`]: [`Noop`](crate::Noop),
+//!   also behind `Metrics`, `Ref` or `BoxStore`), `has` asks the fast tier instead.
 //! - **`get`** reads the fast tier when it has the object. A fast entry that turns out to be
 //!   gone (`NotFound` from the fast `get`, before any byte was sent) falls through to the slow
 //!   tier. On a miss, the object is streamed from the slow tier to the caller while it fills
@@ -12,7 +15,7 @@
 //!   arrived complete, and a read the caller abandons leaves nothing in fast. Concurrent
 //!   misses of one key share one slow read: the first reader leads, the others wait for it
 //!   (at most 60 s) and then read the fast tier. A ranged read fills the whole object.
-//! - **Name keys** live in the slow tier only (unless the slow tier is `Noop`): a name's value
+//! - **Name keys** live in the slow tier only (unless the slow tier keeps nothing): a name's value
 //!   can be replaced, and a fast copy could go stale whenever the fast tier skips or refuses
 //!   the replacement, or two uploads of one name interleave differently in the two tiers.
 //!   Digests are immutable, so their fast copies are always right. (NativeLink caches names in
@@ -23,8 +26,17 @@
 //!   unfilled.
 //! - **`put`** writes both tiers concurrently: the body is fanned out through two bounded
 //!   channels to the two `put`s, so memory stays bounded and the slower tier sets the pace.
-//!   The put fails if either tier fails, except that a fast tier refusing an object as too
-//!   large (`ResourceExhausted`) is not an error: the object still reaches the slow tier.
+//!   The fast tier commits only after the slow `put` succeeded: an object the slow tier
+//!   refuses (a `Verify` hash mismatch, say) is stored in neither. The put fails if either
+//!   tier fails, except that a fast tier refusing an object as too large
+//!   (`ResourceExhausted`) is not an error: the object still reaches the slow tier.
+//! - **Concurrent uploads of one digest** share one upload (write single flight): the first
+//!   leads, the others wait for it (at most 60 s) without reading their bodies. When the
+//!   leader stored the object, each follower reads its body to the end, checks its length
+//!   against its declared size and the stored object, and succeeds without uploading. When
+//!   the leader fails or is dropped, a follower uploads its own body (leading the next
+//!   round); after a timeout it uploads on its own. Uploads of a name are never shared,
+//!   since their values may differ.
 //! - Removal notifications of both tiers reach the listeners.
 //!
 //! Consistency: the slow tier is the truth. The fast tier may hold objects the slow tier
