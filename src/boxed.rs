@@ -30,6 +30,7 @@ trait DynStore: Send + Sync + 'static {
     fn subscribe_removals_dyn(&self, listener: Arc<dyn RemovalListener>);
     fn check_health_dyn(&self) -> Pin<Box<dyn Future<Output = HealthStatus> + Send + '_>>;
     fn type_name(&self) -> &'static str;
+    fn discards_writes_dyn(&self) -> bool;
 }
 
 impl<S: Store> DynStore for S {
@@ -62,6 +63,10 @@ impl<S: Store> DynStore for S {
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<S>()
+    }
+
+    fn discards_writes_dyn(&self) -> bool {
+        self.discards_writes()
     }
 }
 
@@ -129,6 +134,10 @@ impl Store for BoxStore {
 
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
         self.0.check_health_dyn()
+    }
+
+    fn discards_writes(&self) -> bool {
+        self.0.discards_writes_dyn()
     }
 }
 

@@ -102,6 +102,25 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
         crate::health::round_trip(self)
     }
+
+    /// True if this store keeps nothing it is given: every upload is read, checked and
+    /// dropped, and `has` finds nothing but the empty blob, as [`Noop`](crate::Noop) does.
+    ///
+    /// [`FastSlow`](crate::FastSlow) asks its slow tier, and treats its fast tier as the whole
+    /// store when the answer is true. The default is false; `Noop` says true, and wrappers
+    /// that only pass operations through (`Metrics`, [`Ref`](crate::Ref),
+    /// [`BoxStore`](crate::BoxStore)) answer for their child.
+    ///
+    /// ```
+    /// use casstack::{BoxStore, Memory, Noop, Ref, Store};
+    ///
+    /// assert!(Noop.discards_writes());
+    /// assert!(BoxStore::new(Ref::new("nothing", Noop)).discards_writes());
+    /// assert!(!Memory::default().discards_writes());
+    /// ```
+    fn discards_writes(&self) -> bool {
+        false
+    }
 }
 
 /// Learns which keys a store dropped, so caches above it never report a blob that is gone.

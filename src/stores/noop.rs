@@ -60,6 +60,11 @@ impl Store for Noop {
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
         ready(HealthStatus::Ok)
     }
+
+    /// True: nothing is kept.
+    fn discards_writes(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -84,5 +89,6 @@ mod tests {
         assert_eq!(lying.await.unwrap_err().code(), Code::InvalidArgument);
         assert_eq!(Noop.has(Digest::EMPTY).await.unwrap(), Some(0));
         assert_eq!(Noop.get_bytes(Digest::EMPTY).await.unwrap(), "");
+        assert!(Noop.discards_writes());
     }
 }

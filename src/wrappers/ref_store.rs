@@ -257,6 +257,11 @@ impl<S: Store> Store for Ref<S> {
     async fn check_health(&self) -> HealthStatus {
         self.inner.check_health().await.within("Ref")
     }
+
+    /// The shared store's answer.
+    fn discards_writes(&self) -> bool {
+        self.inner.discards_writes()
+    }
 }
 
 #[cfg(test)]

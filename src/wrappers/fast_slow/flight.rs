@@ -1,6 +1,7 @@
 //! Book-keeping shared by the clones of one `FastSlow`: slow-tier writes in flight (for
-//! `has`) and fast-tier fills in flight (single flight for reads). Nothing here is generic,
-//! so none of it is compiled again per store type.
+//! `has`, and single flight for uploads of one digest) and fast-tier fills in flight (single
+//! flight for reads). Nothing here is generic, so none of it is compiled again per store
+//! type.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,9 +16,22 @@ use crate::key::Key;
 /// tier itself (NativeLink's `LEADER_WAIT_TIMEOUT`).
 pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(60);
 
-/// The state of a slow-tier write: `None` while running, then its stored size (`None` inside
-/// if it failed or was dropped).
-type WriteState = Option<Option<u64>>;
+/// How long a `has` waits for a write whose body has fully arrived to commit, before it
+/// reports the key absent (it is not in the slow tier yet, so that is the truth). One deadline
+/// for a whole `has_many`.
+pub(crate) const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The state of a slow-tier write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteState {
+    /// The body is still arriving; it may never end (a stalled uploader), so `has` does not
+    /// wait for it.
+    Receiving,
+    /// The whole body arrived; the tiers are committing it.
+    Committing,
+    /// Finished: the slow tier's stored size, `None` if the write failed or was dropped.
+    Done(Option<u64>),
+}
 
 /// How a fill ended, as followers see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +67,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An upload's place in the single flight of its key.
+pub(crate) enum WriteRole {
+    /// Nobody else is writing the key: upload, and publish the outcome through the guard.
+    Leader(WriteGuard),
+    /// Another upload of the same digest is in flight: wait for it.
+    Follower(watch::Receiver<WriteState>),
+}
+
+/// How the upload a follower waited for ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeaderOutcome {
+    /// The slow tier stored the object, this many bytes.
+    Stored(u64),
+    /// It failed or was dropped: try again (perhaps as the new leader).
+    Failed,
+    /// It did not finish within [`LEADER_WAIT`]: upload on our own.
+    TimedOut,
+}
+
 /// A follower's ticket, or the leader's guard.
 pub(crate) enum Role {
     Leader(FlightGuard),
@@ -60,19 +93,31 @@ pub(crate) enum Role {
 }
 
 impl Shared {
-    /// Registers a slow-tier write of `key`; `has` waits for it until the guard finishes.
-    pub(crate) fn begin_write(self: &Arc<Self>, key: &Key) -> WriteGuard {
-        let tx = Arc::new(watch::Sender::new(None));
-        let previous = lock(&self.writes).insert(key.clone(), tx.clone());
+    /// Registers a slow-tier write of `key` (`has` looks at it until the guard finishes), or,
+    /// for a digest that another upload is writing, follows that upload.
+    ///
+    /// Only digests are shared: every upload of a digest stores the same bytes, while a
+    /// name's value may differ between uploads. A later upload of a name replaces the earlier
+    /// one's entry.
+    pub(crate) fn begin_write(self: &Arc<Self>, key: &Key) -> WriteRole {
+        let tx = Arc::new(watch::Sender::new(WriteState::Receiving));
+        let mut writes = lock(&self.writes);
+        if let Key::Digest(_) = key
+            && let Some(leader) = writes.get(key)
+        {
+            return WriteRole::Follower(leader.subscribe());
+        }
+        let previous = writes.insert(key.clone(), tx.clone());
+        drop(writes);
         if previous.is_none() {
             self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
         }
-        WriteGuard {
+        WriteRole::Leader(WriteGuard {
             shared: self.clone(),
             key: key.clone(),
             tx,
             done: false,
-        }
+        })
     }
 
     /// Receivers for the writes in flight among `keys`, by position. Empty (no allocation)
@@ -115,6 +160,20 @@ impl Shared {
             .map_or(0, |tx| tx.receiver_count())
     }
 
+    /// The state of the registered write of `key` (for tests).
+    #[cfg(test)]
+    pub(crate) fn write_state(&self, key: &Key) -> Option<WriteState> {
+        lock(&self.writes).get(key).map(|tx| *tx.borrow())
+    }
+
+    /// Number of uploads and `has` calls waiting on the write of `key` (for tests).
+    #[cfg(test)]
+    pub(crate) fn write_waiters(&self, key: &Key) -> usize {
+        lock(&self.writes)
+            .get(key)
+            .map_or(0, |tx| tx.receiver_count())
+    }
+
     /// Number of fills in flight (for tests).
     #[cfg(test)]
     pub(crate) fn flights(&self) -> usize {
@@ -122,11 +181,38 @@ impl Shared {
     }
 }
 
-/// Waits for a slow-tier write; its stored size, or `None` if it failed.
-pub(crate) async fn wait_write(mut rx: watch::Receiver<WriteState>) -> Option<u64> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(state) => state.flatten(),
-        Err(_) => None,
+/// The slow tier's stored size of a write, as `has` reports it: `None` at once while its
+/// body is still arriving; for a write that is committing, its outcome if it comes before
+/// `deadline`, else `None`.
+pub(crate) async fn committed_size(
+    mut rx: watch::Receiver<WriteState>,
+    deadline: tokio::time::Instant,
+) -> Option<u64> {
+    match *rx.borrow_and_update() {
+        WriteState::Receiving => return None,
+        WriteState::Done(stored) => return stored,
+        WriteState::Committing => {}
+    }
+    let done = rx.wait_for(|s| matches!(s, WriteState::Done(_)));
+    match tokio::time::timeout_at(deadline, done).await {
+        Ok(Ok(state)) => match *state {
+            WriteState::Done(stored) => stored,
+            _ => None,
+        },
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// Waits (at most [`LEADER_WAIT`]) for the upload of the same digest that this one follows.
+pub(crate) async fn wait_leader(mut rx: watch::Receiver<WriteState>) -> LeaderOutcome {
+    let done = rx.wait_for(|s| matches!(s, WriteState::Done(_)));
+    match tokio::time::timeout(LEADER_WAIT, done).await {
+        Ok(Ok(state)) => match *state {
+            WriteState::Done(Some(stored)) => LeaderOutcome::Stored(stored),
+            _ => LeaderOutcome::Failed,
+        },
+        Ok(Err(_)) => LeaderOutcome::Failed,
+        Err(_) => LeaderOutcome::TimedOut,
     }
 }
 
@@ -153,6 +239,12 @@ pub(crate) struct WriteGuard {
 }
 
 impl WriteGuard {
+    /// The handle an upload body uses to say it has fully arrived.
+    pub(crate) fn arrival(&self) -> Arrival {
+        Arrival(self.tx.clone())
+    }
+
+    /// Publishes the slow tier's stored size (`None`: the write failed) and unregisters.
     pub(crate) fn finish(mut self, stored: Option<u64>) {
         self.publish(stored);
     }
@@ -162,7 +254,7 @@ impl WriteGuard {
             return;
         }
         self.done = true;
-        self.tx.send_replace(Some(stored));
+        self.tx.send_replace(WriteState::Done(stored));
         let mut writes = lock(&self.shared.writes);
         if writes
             .get(&self.key)
@@ -177,6 +269,22 @@ impl WriteGuard {
 impl Drop for WriteGuard {
     fn drop(&mut self) {
         self.publish(None);
+    }
+}
+
+/// Moves a write from `Receiving` to `Committing` once its body has fully arrived.
+#[derive(Debug)]
+pub(crate) struct Arrival(Arc<watch::Sender<WriteState>>);
+
+impl Arrival {
+    pub(crate) fn arrived(&self) {
+        self.0.send_if_modified(|state| {
+            let receiving = *state == WriteState::Receiving;
+            if receiving {
+                *state = WriteState::Committing;
+            }
+            receiving
+        });
     }
 }
 

@@ -2,9 +2,12 @@
 //!
 //! - **`has`** asks the slow tier only: the fast tier may hold what the slow one lost, and a
 //!   blob only in fast must be uploaded again (§9 item 1; NativeLink #633, #2728). A key the
-//!   slow tier does not have yet but that this process is writing to it is waited for, and
-//!   reported with the write's outcome. When the slow tier is [`Noop`], `has` asks the fast
-//!   tier instead.
+//!   slow tier does not have yet but that this process is writing to it is reported with the
+//!   write's outcome if its body has fully arrived and it commits within 10 s (one deadline
+//!   per `has_many`); a write whose body is still arriving is never waited for (a stalled
+//!   uploader must not block `has`), and the key is reported absent, which is the truth.
+//!   When the slow tier keeps nothing ([`Store::discards_writes`]: [`Noop`](crate::Noop),
+//!   also behind `Metrics`, `Ref` or `BoxStore`), `has` asks the fast tier instead.
 //! - **`get`** reads the fast tier when it has the object. A fast entry that turns out to be
 //!   gone (`NotFound` from the fast `get`, before any byte was sent) falls through to the slow
 //!   tier. On a miss, the object is streamed from the slow tier to the caller while it fills
@@ -12,7 +15,7 @@
 //!   arrived complete, and a read the caller abandons leaves nothing in fast. Concurrent
 //!   misses of one key share one slow read: the first reader leads, the others wait for it
 //!   (at most 60 s) and then read the fast tier. A ranged read fills the whole object.
-//! - **Name keys** live in the slow tier only (unless the slow tier is `Noop`): a name's value
+//! - **Name keys** live in the slow tier only (unless the slow tier keeps nothing): a name's value
 //!   can be replaced, and a fast copy could go stale whenever the fast tier skips or refuses
 //!   the replacement, or two uploads of one name interleave differently in the two tiers.
 //!   Digests are immutable, so their fast copies are always right. (NativeLink caches names in
@@ -23,8 +26,17 @@
 //!   unfilled.
 //! - **`put`** writes both tiers concurrently: the body is fanned out through two bounded
 //!   channels to the two `put`s, so memory stays bounded and the slower tier sets the pace.
-//!   The put fails if either tier fails, except that a fast tier refusing an object as too
-//!   large (`ResourceExhausted`) is not an error: the object still reaches the slow tier.
+//!   The fast tier commits only after the slow `put` succeeded: an object the slow tier
+//!   refuses (a `Verify` hash mismatch, say) is stored in neither. The put fails if either
+//!   tier fails, except that a fast tier refusing an object as too large
+//!   (`ResourceExhausted`) is not an error: the object still reaches the slow tier.
+//! - **Concurrent uploads of one digest** share one upload (write single flight): the first
+//!   leads, the others wait for it (at most 60 s) without reading their bodies. When the
+//!   leader stored the object, each follower reads its body to the end, checks its length
+//!   against its declared size and the stored object, and succeeds without uploading. When
+//!   the leader fails or is dropped, a follower uploads its own body (leading the next
+//!   round); after a timeout it uploads on its own. Uploads of a name are never shared,
+//!   since their values may differ.
 //! - Removal notifications of both tiers reach the listeners.
 //!
 //! Consistency: the slow tier is the truth. The fast tier may hold objects the slow tier
@@ -47,7 +59,6 @@ mod config;
 mod flight;
 mod stream;
 
-use std::any::TypeId;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -57,15 +68,17 @@ use futures_util::StreamExt as _;
 pub use config::{FastSlowConfig, StoreDirection};
 pub use stream::FillStream;
 
-use self::flight::{AfterWait, Role, Shared, wait_flight, wait_write};
-use self::stream::{ChannelBody, ChunkSender, chunk_channel};
+use self::flight::{
+    AfterWait, COMMIT_WAIT, LeaderOutcome, Role, Shared, WriteRole, committed_size, wait_flight,
+    wait_leader,
+};
+use self::stream::{ArrivalBody, ChannelBody, ChunkSender, chunk_channel};
 use crate::body::{Body, Either, drain_body};
 use crate::error::{Code, Error, Result};
 use crate::health::HealthStatus;
 use crate::key::{Digest, Key};
 use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 use crate::stores::memory::check_out_len;
-use crate::stores::noop::Noop;
 
 /// Chunks buffered towards each tier during a fill or an upload.
 const CHANNEL_CHUNKS: usize = 8;
@@ -147,30 +160,36 @@ impl<F, S> FastSlow<F, S> {
 }
 
 impl<F: Store, S: Store> FastSlow<F, S> {
-    fn slow_is_noop() -> bool {
-        TypeId::of::<S>() == TypeId::of::<Noop>()
+    /// True if the slow tier keeps nothing (`Noop`, however wrapped): the fast tier is then
+    /// the whole store.
+    fn slow_keeps_nothing(&self) -> bool {
+        self.slow.discards_writes()
     }
 
     async fn sizes(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
         check_out_len(keys, out)?;
-        if Self::slow_is_noop() {
+        if self.slow_keeps_nothing() {
             return self.fast.has_many(keys, out).await;
         }
         // Taken before asking the slow tier, so a write finishing meanwhile is not missed.
         let writes = self.shared.writes_for(keys);
         self.slow.has_many(keys, out).await?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
         for (i, rx) in writes {
             if out[i].is_none() {
-                out[i] = wait_write(rx).await;
+                out[i] = committed_size(rx, deadline).await;
             }
         }
         Ok(())
     }
 
     /// Digests live in both tiers. Names (whose value can change) live only in the slow tier,
-    /// unless the slow tier is `Noop` and the fast one is all there is.
-    fn in_both_tiers(key: &Key) -> bool {
-        matches!(key, Key::Digest(_)) || Self::slow_is_noop()
+    /// unless the slow tier keeps nothing and the fast one is all there is.
+    fn in_both_tiers(&self, key: &Key) -> bool {
+        matches!(key, Key::Digest(_)) || self.slow_keeps_nothing()
     }
 
     async fn read(
@@ -180,7 +199,7 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     ) -> Result<FastSlowReader<F::Reader, S::Reader>> {
         let digest = match key {
             Key::Digest(d) => Some(d),
-            Key::Name(_) if Self::slow_is_noop() => None,
+            Key::Name(_) if self.slow_keeps_nothing() => None,
             Key::Name(_) => {
                 let reader = self.slow.get(key, range).await?;
                 crate::observe::fast_slow_hit("slow");
@@ -261,36 +280,99 @@ impl<F: Store, S: Store> FastSlow<F, S> {
     }
 
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
-        let to_fast = self.config.fast_direction.takes_updates() && Self::in_both_tiers(&key);
-        let to_slow = self.config.slow_direction.takes_updates();
-        match (to_fast, to_slow) {
-            (false, false) => drain_body(&key, size, body).await,
-            (true, false) => self.fast.put(key, size, body).await,
-            (false, true) => {
-                let guard = self.shared.begin_write(&key);
-                let stored = self.slow.put(key, size, body).await;
-                guard.finish(stored.as_ref().ok().copied());
-                stored
-            }
-            (true, true) => {
-                let guard = self.shared.begin_write(&key);
-                let (fast_tx, fast_body) = chunk_channel(CHANNEL_CHUNKS);
-                let (slow_tx, slow_body) = chunk_channel(CHANNEL_CHUNKS);
-                let (sent, fast, slow) = tokio::join!(
-                    fan_out(body, [fast_tx, slow_tx]),
-                    self.fast.put(key.clone(), size, fast_body),
-                    self.slow.put(key, size, slow_body),
-                );
-                guard.finish(slow.as_ref().ok().copied());
-                sent?;
-                let stored = slow?;
-                match fast {
-                    Err(e) if e.code() != Code::ResourceExhausted => Err(e),
-                    _ => Ok(stored),
+        let to_fast = self.config.fast_direction.takes_updates() && self.in_both_tiers(&key);
+        if !self.config.slow_direction.takes_updates() {
+            return match to_fast {
+                false => drain_body(&key, size, body).await,
+                true => self.fast.put(key, size, body).await,
+            };
+        }
+        let mut attempts = 0;
+        let guard = loop {
+            match self.shared.begin_write(&key) {
+                WriteRole::Leader(guard) => break Some(guard),
+                WriteRole::Follower(rx) => {
+                    attempts += 1;
+                    // Boxed: only uploads that found another in flight pay for the timer.
+                    match Box::pin(wait_leader(rx)).await {
+                        LeaderOutcome::Stored(stored) => {
+                            return follow(&key, size, body, stored).await;
+                        }
+                        LeaderOutcome::Failed if attempts < MAX_ATTEMPTS => {}
+                        // Upload on our own, unregistered: never lose this body's data to
+                        // a stalled or failing leader.
+                        LeaderOutcome::Failed | LeaderOutcome::TimedOut => break None,
+                    }
                 }
             }
+        };
+        let body = ArrivalBody::new(body, guard.as_ref().map(|g| g.arrival()));
+        let (stored, slow_stored) = if to_fast {
+            self.write_both(key, size, body).await
+        } else {
+            let stored = self.slow.put(key, size, body).await;
+            let slow_stored = stored.as_ref().ok().copied();
+            (stored, slow_stored)
+        };
+        if let Some(guard) = guard {
+            guard.finish(slow_stored);
         }
+        stored
     }
+
+    /// Writes both tiers from one body; the put's result and the slow tier's stored size.
+    ///
+    /// The fast tier gets every chunk as it arrives, but its end marker only once the slow
+    /// `put` returned `Ok`: if the slow tier refuses the object, the fast `put` aborts and
+    /// stores nothing, so the fast tier never serves what the slow tier (the truth) refused.
+    async fn write_both<B: Body>(
+        &self,
+        key: Key,
+        size: UploadSize,
+        body: B,
+    ) -> (Result<u64>, Option<u64>) {
+        let (fast_tx, fast_body) = chunk_channel(CHANNEL_CHUNKS);
+        let (slow_tx, slow_body) = chunk_channel(CHANNEL_CHUNKS);
+        let slow_put = self.slow.put(key.clone(), size, slow_body);
+        let slow_first = async {
+            let (fanned, slow) = tokio::join!(fan_out(body, fast_tx, slow_tx), slow_put);
+            let sent = match fanned {
+                Ok(Some(fast_tx)) if slow.is_ok() => {
+                    send_all(&mut [Some(fast_tx), None], None).await;
+                    Ok(())
+                }
+                // The slow put failed: the fast sender is dropped here without the end
+                // marker, so the fast put aborts.
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            (sent, slow)
+        };
+        let ((sent, slow), fast) = tokio::join!(slow_first, self.fast.put(key, size, fast_body));
+        let slow_stored = slow.as_ref().ok().copied();
+        let stored = sent.and(slow).and_then(|stored| match fast {
+            Err(e) if e.code() != Code::ResourceExhausted => Err(e),
+            _ => Ok(stored),
+        });
+        (stored, slow_stored)
+    }
+}
+
+/// A follower's upload, once the leader stored the digest: reads the body to its end, checks
+/// it against its declared size and the stored object's size, and stores nothing.
+async fn follow<B: Body>(key: &Key, size: UploadSize, body: B, stored: u64) -> Result<u64> {
+    let received = drain_body(key, size, body).await?;
+    if received != stored {
+        return Err(Error::new(
+            Code::InvalidArgument,
+            format!(
+                "upload body has {received} bytes, but a concurrent upload of this digest \
+                 stored {stored}"
+            ),
+        )
+        .with_key(key.clone()));
+    }
+    Ok(received)
 }
 
 fn not_in_either(key: Key) -> Error {
@@ -311,22 +393,27 @@ async fn put_owned<T: Store>(
     store.put(key, size, body).await
 }
 
-/// Copies `body` into both channels, waiting for the slower one. A tier whose `put` ended
-/// (its receiver is gone) is skipped from then on. An error of the body is returned, and the
-/// channels are dropped without an end marker, so both `put`s abort.
-async fn fan_out<B: Body>(mut body: B, tiers: [ChunkSender; 2]) -> Result<u64> {
-    let mut tiers = tiers.map(Some);
-    let mut sent = 0u64;
+/// Copies `body` into both channels, waiting for the slower one, and sends the end marker to
+/// the slow tier only. Returns the fast tier's sender, still without its end marker (`None`
+/// if that `put` already ended). A tier whose `put` ended (its receiver is gone) is skipped
+/// from then on. An error of the body is returned, and the channels are dropped without an
+/// end marker, so both `put`s abort.
+async fn fan_out<B: Body>(
+    mut body: B,
+    fast: ChunkSender,
+    slow: ChunkSender,
+) -> Result<Option<ChunkSender>> {
+    let mut tiers = [Some(fast), Some(slow)];
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
-        sent += chunk.len() as u64;
         if !send_all(&mut tiers, Some(chunk)).await {
             // Both puts ended early; their errors tell why.
-            return Ok(sent);
+            return Ok(None);
         }
     }
-    send_all(&mut tiers, None).await;
-    Ok(sent)
+    let [fast, slow] = tiers;
+    send_all(&mut [None, slow], None).await;
+    Ok(fast)
 }
 
 /// Sends `item` to every open channel; false once none is open.

@@ -11,7 +11,7 @@ use futures_channel::mpsc;
 use futures_core::Stream;
 use tokio::task::JoinHandle;
 
-use super::flight::FlightGuard;
+use super::flight::{Arrival, FlightGuard};
 use crate::error::{Code, Error, Result};
 
 /// Chunks on their way to a tier's `put`; `None` marks the end of a complete object.
@@ -57,6 +57,47 @@ impl Stream for ChannelBody {
                 ))))
             }
         }
+    }
+}
+
+/// An upload body that tells the write's book-keeping when it has fully arrived (a clean
+/// end), so `has` knows the write is committing and worth waiting for.
+#[derive(Debug)]
+pub(crate) struct ArrivalBody<B> {
+    inner: B,
+    arrival: Option<Arrival>,
+}
+
+impl<B> ArrivalBody<B> {
+    pub(crate) fn new(inner: B, arrival: Option<Arrival>) -> Self {
+        ArrivalBody { inner, arrival }
+    }
+}
+
+impl<B> Stream for ArrivalBody<B>
+where
+    B: Stream<Item = Result<Bytes>> + Unpin,
+{
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        let this = self.get_mut();
+        let item = ready!(Pin::new(&mut this.inner).poll_next(cx));
+        match &item {
+            Some(Ok(_)) => {}
+            // A failed body never completes: the write will fail, not commit.
+            Some(Err(_)) => this.arrival = None,
+            None => {
+                if let Some(arrival) = this.arrival.take() {
+                    arrival.arrived();
+                }
+            }
+        }
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
     }
 }
 

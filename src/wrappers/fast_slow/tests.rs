@@ -1,15 +1,18 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::Semaphore;
 
+use super::flight::WriteState;
 use super::*;
 use crate::body::OneChunk;
 use crate::eviction::EvictionPolicy;
 use crate::key::Digest;
 use crate::store::StoreExt;
 use crate::stores::memory::{Memory, MemoryConfig};
+use crate::stores::noop::Noop;
 use crate::wrappers::test_util::{Counting, blob};
 
 type Tiers = (
@@ -456,6 +459,11 @@ async fn put_fails_if_the_slow_tier_fails_and_on_a_bad_body_stores_nothing() {
     let err = store.put_bytes(d, data).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(slow.is_empty());
+    assert!(
+        fast.is_empty(),
+        "the fast tier keeps nothing the slow tier refused"
+    );
+    assert_eq!(store.get_bytes(d).await.unwrap_err().code(), Code::NotFound);
     let (d2, data2) = blob(50, 16);
     let body = stream::iter(vec![
         Ok(data2.slice(0..20)),
@@ -469,33 +477,6 @@ async fn put_fails_if_the_slow_tier_fails_and_on_a_bad_body_stores_nothing() {
     assert!(err.message().contains("client went away"), "{err}");
     assert_eq!(fast.has(d2).await.unwrap(), None);
     assert_eq!(slow.has(d2).await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn has_sees_in_flight_slow_writes() {
-    let (_, _, store) = tiers(Default::default());
-    let (d, data) = blob(40, 17);
-    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
-    let writer = tokio::spawn({
-        let store = store.clone();
-        async move { store.put(d.into(), UploadSize::Exact(40), body_rx).await }
-    });
-    body_tx.try_send(Ok(data.slice(0..20))).unwrap();
-    while store.shared.writes_for(&[d.into()]).is_empty() {
-        tokio::task::yield_now().await;
-    }
-    let checker = tokio::spawn({
-        let store = store.clone();
-        async move { store.has(d).await }
-    });
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!checker.is_finished(), "has waits for the write in flight");
-    body_tx.try_send(Ok(data.slice(20..))).unwrap();
-    drop(body_tx);
-    assert_eq!(checker.await.unwrap().unwrap(), Some(40));
-    assert_eq!(writer.await.unwrap().unwrap(), 40);
 }
 
 #[tokio::test]
@@ -520,23 +501,28 @@ async fn dropping_an_update_future_cleans_up_its_in_flight_entry() {
 
 #[tokio::test]
 async fn mixed_key_sources_in_one_batch() {
-    let (fast, slow, store) = tiers(Default::default());
+    let fast = Memory::default();
+    let slow = SlowCommit::new();
+    let store = FastSlow::new(fast.clone(), slow.clone(), Default::default());
     let (in_slow, a) = blob(10, 19);
-    let (in_flight, b) = blob(20, 19);
+    let (committing, b) = blob(20, 19);
     let (in_fast, c) = blob(30, 19);
     let (absent, _) = blob(40, 19);
-    slow.inner().put_bytes(in_slow, a).await.unwrap();
-    fast.inner().put_bytes(in_fast, c).await.unwrap();
-    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+    let (stalled, d) = blob(50, 19);
+    slow.inner.put_bytes(in_slow, a).await.unwrap();
+    fast.put_bytes(in_fast, c).await.unwrap();
     let writer = tokio::spawn({
         let store = store.clone();
-        async move {
-            store
-                .put(in_flight.into(), UploadSize::Exact(20), body_rx)
-                .await
-        }
+        async move { store.put_bytes(committing, b).await }
     });
-    while store.shared.writes_for(&[in_flight.into()]).is_empty() {
+    let staller = tokio::spawn({
+        let store = store.clone();
+        let body = stalled_body(d.slice(0..10));
+        async move { store.put(stalled.into(), UploadSize::Exact(50), body).await }
+    });
+    while store.shared.write_state(&committing.into()) != Some(WriteState::Committing)
+        || store.shared.write_state(&stalled.into()).is_none()
+    {
         tokio::task::yield_now().await;
     }
     let checker = tokio::spawn({
@@ -544,24 +530,25 @@ async fn mixed_key_sources_in_one_batch() {
         async move {
             let keys = [
                 in_slow.into(),
-                in_flight.into(),
+                committing.into(),
                 in_fast.into(),
                 absent.into(),
+                stalled.into(),
             ];
-            let mut out = [None; 4];
+            let mut out = [None; 5];
             store.has_many(&keys, &mut out).await.map(|()| out)
         }
     });
-    for _ in 0..10 {
+    while store.shared.write_waiters(&committing.into()) == 0 {
         tokio::task::yield_now().await;
     }
-    body_tx.try_send(Ok(b)).unwrap();
-    drop(body_tx);
+    slow.gate.add_permits(1);
     writer.await.unwrap().unwrap();
     assert_eq!(
         checker.await.unwrap().unwrap(),
-        [Some(10), Some(20), None, None]
+        [Some(10), Some(20), None, None, None]
     );
+    staller.abort();
 }
 
 #[tokio::test]
@@ -588,4 +575,368 @@ fn empty_blob_is_read_from_fast() {
         assert_eq!(store.has(Digest::EMPTY).await.unwrap(), Some(0));
         assert_eq!(slow.get_calls(), 0);
     });
+}
+
+#[tokio::test]
+async fn a_body_the_slow_verify_refuses_is_kept_in_neither_tier() {
+    use crate::wrappers::verify::{Verify, VerifyConfig};
+    use StoreDirection::*;
+    // Uploads write both tiers in these modes: the fast copy must wait for the slow verdict.
+    for (i, (fd, sd)) in [
+        (Both, Both),
+        (Update, Both),
+        (Both, Update),
+        (Update, Update),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fast = Memory::default();
+        let slow = Verify::new(Memory::default(), VerifyConfig::default());
+        let config = FastSlowConfig {
+            fast_direction: fd,
+            slow_direction: sd,
+            ..Default::default()
+        };
+        let store = FastSlow::new(fast.clone(), slow.clone(), config);
+        let (d, data) = blob(64, 40 + i as u8);
+        let (_, wrong) = blob(64, 80 + i as u8);
+        let err = store
+            .put(d.into(), UploadSize::Exact(64), chunks(&wrong, 10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{fd:?}/{sd:?}: {err}");
+        assert!(
+            fast.is_empty(),
+            "{fd:?}/{sd:?}: the refused body is not in fast"
+        );
+        assert_eq!(
+            store.get_bytes(d).await.unwrap_err().code(),
+            Code::NotFound,
+            "{fd:?}/{sd:?}"
+        );
+        // The right body goes to both.
+        store.put_bytes(d, data.clone()).await.unwrap();
+        assert_eq!(fast.get_bytes(d).await.unwrap(), data, "{fd:?}/{sd:?}");
+        assert_eq!(slow.get_bytes(d).await.unwrap(), data, "{fd:?}/{sd:?}");
+    }
+    // A slow tier that uploads skip does not hold the fast tier back.
+    let fast = Memory::default();
+    let slow = Verify::new(Memory::default(), VerifyConfig::default());
+    let config = FastSlowConfig {
+        slow_direction: ReadOnly,
+        ..Default::default()
+    };
+    let store = FastSlow::new(fast.clone(), slow, config);
+    let (d, data) = blob(64, 50);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(fast.get_bytes(d).await.unwrap(), data);
+}
+
+/// A slow tier whose `put` reads the whole body, then waits for a permit of `gate` before it
+/// stores the object (a slow commit: an S3 multipart completion, an fsync).
+#[derive(Clone, Debug)]
+struct SlowCommit {
+    inner: Memory,
+    gate: Arc<Semaphore>,
+}
+
+impl SlowCommit {
+    fn new() -> Self {
+        SlowCommit {
+            inner: Memory::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl Store for SlowCommit {
+    type Reader = <Memory as Store>::Reader;
+
+    async fn has_many(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
+        self.inner.has_many(keys, out).await
+    }
+
+    async fn get(&self, key: Key, range: ByteRange) -> Result<Self::Reader> {
+        self.inner.get(key, range).await
+    }
+
+    async fn put<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
+        let data = crate::body::collect_body(&key, size, body).await?;
+        // Each permit lets one commit through, once.
+        self.gate.acquire().await.expect("gate open").forget();
+        self.inner.put(key, size, OneChunk::new(data)).await
+    }
+}
+
+/// A body that yields `first` and then never ends (a stalled uploader).
+fn stalled_body(first: Bytes) -> impl Body + use<> {
+    stream::iter([Ok(first)]).chain(stream::pending())
+}
+
+#[tokio::test(start_paused = true)]
+async fn has_does_not_wait_for_a_write_whose_body_has_not_arrived() {
+    for config in [
+        FastSlowConfig::default(),
+        FastSlowConfig {
+            fast_direction: StoreDirection::ReadOnly,
+            ..Default::default()
+        },
+    ] {
+        let (_, _, store) = tiers(config);
+        let (d, data) = blob(40, 21);
+        let writer = tokio::spawn({
+            let store = store.clone();
+            let body = stalled_body(data.slice(0..20));
+            async move { store.put(d.into(), UploadSize::Exact(40), body).await }
+        });
+        while store.shared.writes_for(&[d.into()]).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let start = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(24 * 3600), store.has(d)).await;
+        assert_eq!(
+            answer
+                .expect("has never waits for a stalled upload")
+                .unwrap(),
+            None
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "answered without waiting");
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+        assert!(store.shared.writes_for(&[d.into()]).is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn has_waits_for_a_write_that_is_committing_but_not_forever() {
+    for config in [
+        FastSlowConfig::default(),
+        FastSlowConfig {
+            fast_direction: StoreDirection::ReadOnly,
+            ..Default::default()
+        },
+    ] {
+        let slow = SlowCommit::new();
+        let store = FastSlow::new(Memory::default(), slow.clone(), config);
+        let (d, data) = blob(40, 17);
+        let writer = tokio::spawn({
+            let store = store.clone();
+            let body = chunks(&data, 20);
+            async move { store.put(d.into(), UploadSize::Exact(40), body).await }
+        });
+        // The whole body arrives; the slow tier then waits at its gate.
+        while store.shared.write_state(&d.into()) != Some(WriteState::Committing) {
+            tokio::task::yield_now().await;
+        }
+        let checker = tokio::spawn({
+            let store = store.clone();
+            async move { store.has(d).await }
+        });
+        while store.shared.write_waiters(&d.into()) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!checker.is_finished(), "has waits for the committing write");
+        slow.gate.add_permits(1);
+        assert_eq!(checker.await.unwrap().unwrap(), Some(40));
+        assert_eq!(writer.await.unwrap().unwrap(), 40);
+
+        // A commit that never ends is waited for a bounded time only, then reported absent.
+        let (d2, data2) = blob(40, 18);
+        let writer = tokio::spawn({
+            let store = store.clone();
+            let body = chunks(&data2, 20);
+            async move { store.put(d2.into(), UploadSize::Exact(40), body).await }
+        });
+        while store.shared.write_state(&d2.into()) != Some(WriteState::Committing) {
+            tokio::task::yield_now().await;
+        }
+        let start = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(24 * 3600), store.has(d2)).await;
+        assert_eq!(answer.expect("the wait is bounded").unwrap(), None);
+        assert_eq!(start.elapsed(), flight::COMMIT_WAIT);
+        writer.abort();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_puts_of_one_digest_upload_once() {
+    let (fast, slow, store) = tiers(Default::default());
+    let (d, data) = blob(100, 22);
+    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+    let leader = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
+    });
+    while slow.put_calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut followers = Vec::new();
+    for _ in 0..5 {
+        let store = store.clone();
+        let body = chunks(&data, 30);
+        followers.push(tokio::spawn(async move {
+            store.put(d.into(), UploadSize::Exact(100), body).await
+        }));
+    }
+    while store.shared.write_waiters(&d.into()) < 5 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(slow.put_calls(), 1, "the followers wait for the leader");
+    body_tx.try_send(Ok(data.clone())).unwrap();
+    drop(body_tx);
+    assert_eq!(leader.await.unwrap().unwrap(), 100);
+    for follower in followers {
+        assert_eq!(follower.await.unwrap().unwrap(), 100);
+    }
+    assert_eq!(
+        slow.put_calls(),
+        1,
+        "one slow upload for six concurrent puts"
+    );
+    assert_eq!(fast.put_calls(), 1);
+    assert_eq!(slow.inner().get_bytes(d).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_follower_whose_body_is_wrong_fails_even_if_the_leader_succeeds() {
+    let (_, slow, store) = tiers(Default::default());
+    let (d, data) = blob(100, 23);
+    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+    let leader = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
+    });
+    while slow.put_calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let short = tokio::spawn({
+        let store = store.clone();
+        let body = chunks(&data.slice(0..60), 30);
+        async move { store.put(d.into(), UploadSize::Exact(100), body).await }
+    });
+    let long = tokio::spawn({
+        let store = store.clone();
+        let body = chunks(&data, 30);
+        async move { store.put(d.into(), UploadSize::AtMost(50), body).await }
+    });
+    while store.shared.write_waiters(&d.into()) < 2 {
+        tokio::task::yield_now().await;
+    }
+    body_tx.try_send(Ok(data.clone())).unwrap();
+    drop(body_tx);
+    assert_eq!(leader.await.unwrap().unwrap(), 100);
+    let short = short.await.unwrap().unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument, "{short}");
+    let long = long.await.unwrap().unwrap_err();
+    assert_eq!(long.code(), Code::InvalidArgument, "{long}");
+    assert_eq!(slow.put_calls(), 1);
+    assert_eq!(slow.inner().get_bytes(d).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_failed_or_cancelled_leader_never_loses_a_followers_upload() {
+    for cancel in [false, true] {
+        let (fast, slow, store) = tiers(Default::default());
+        let (d, data) = blob(100, 24);
+        let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+        let leader = tokio::spawn({
+            let store = store.clone();
+            async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
+        });
+        while slow.put_calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let follower = tokio::spawn({
+            let store = store.clone();
+            let body = chunks(&data, 30);
+            async move { store.put(d.into(), UploadSize::Exact(100), body).await }
+        });
+        while store.shared.write_waiters(&d.into()) < 1 {
+            tokio::task::yield_now().await;
+        }
+        body_tx.try_send(Ok(data.slice(0..10))).unwrap();
+        if cancel {
+            leader.abort();
+            assert!(leader.await.unwrap_err().is_cancelled());
+        } else {
+            body_tx
+                .try_send(Err(Error::new(Code::Aborted, "client went away")))
+                .unwrap();
+            let err = leader.await.unwrap().unwrap_err();
+            assert_eq!(err.code(), Code::Aborted);
+        }
+        assert_eq!(follower.await.unwrap().unwrap(), 100, "cancel={cancel}");
+        assert_eq!(slow.put_calls(), 2, "the follower uploaded itself");
+        assert_eq!(slow.inner().get_bytes(d).await.unwrap(), data);
+        assert_eq!(fast.inner().get_bytes(d).await.unwrap(), data);
+        assert_eq!(store.has(d).await.unwrap(), Some(100));
+        assert!(store.shared.writes_for(&[d.into()]).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_puts_of_one_name_each_upload() {
+    let (_, slow, store) = tiers(Default::default());
+    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .put("ac/x".into(), UploadSize::Exact(3), body_rx)
+                .await
+        }
+    });
+    while slow.put_calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // A name's value may differ: the second put is not folded into the first.
+    assert_eq!(store.put_bytes("ac/x", "new".into()).await.unwrap(), 3);
+    assert_eq!(slow.put_calls(), 2);
+    body_tx.try_send(Ok("old".into())).unwrap();
+    drop(body_tx);
+    assert_eq!(first.await.unwrap().unwrap(), 3);
+}
+
+async fn check_recognised_as_noop<S: Store>(slow: S) {
+    let fast = Memory::default();
+    let store = FastSlow::new(fast.clone(), slow, Default::default());
+    let (d, data) = blob(10, 25);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(
+        store.has(d).await.unwrap(),
+        Some(10),
+        "has asks the fast tier"
+    );
+    store.put_bytes("ac/n", "v".into()).await.unwrap();
+    assert_eq!(
+        store.get_bytes("ac/n").await.unwrap(),
+        "v",
+        "names live in fast"
+    );
+    assert_eq!(store.has("ac/n").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn a_wrapped_noop_slow_tier_is_recognised() {
+    check_recognised_as_noop(crate::BoxStore::new(Noop)).await;
+    check_recognised_as_noop(crate::Ref::new("nothing", Noop)).await;
+    check_recognised_as_noop(crate::BoxStore::new(crate::Ref::new("n", Noop))).await;
+    let spec = crate::StoreSpec::from_toml("noop = {}").unwrap();
+    check_recognised_as_noop(crate::BoxStore::from_spec(&spec).await.unwrap()).await;
+    #[cfg(feature = "metrics")]
+    {
+        check_recognised_as_noop(crate::Metrics::new(Noop, Default::default())).await;
+        let boxed = crate::BoxStore::new(crate::Metrics::new(Noop, Default::default()));
+        check_recognised_as_noop(boxed).await;
+    }
+    // Anything that keeps what it is given is not.
+    let store = FastSlow::new(
+        Memory::default(),
+        crate::BoxStore::new(Memory::default()),
+        Default::default(),
+    );
+    let (d, data) = blob(10, 26);
+    store.fast().put_bytes(d, data).await.unwrap();
+    assert_eq!(store.has(d).await.unwrap(), None);
 }

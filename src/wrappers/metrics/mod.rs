@@ -412,6 +412,11 @@ impl<S: Store> Store for Metrics<S> {
         let status = self.inner.check_health().await;
         status.within(&format!("Metrics[{}]", self.handles.name))
     }
+
+    /// The inner store's answer.
+    fn discards_writes(&self) -> bool {
+        self.inner.discards_writes()
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
