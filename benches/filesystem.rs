@@ -97,7 +97,9 @@ impl PlainFiles {
 
 fn put_and_get(c: &mut Criterion) {
     // Setup is not free: skip it when a filter leaves none of these benches.
-    if !selected("put_4k/get_4k/filesystem/std_fs_write_fsync_rename/std_fs_read/spawn_blocking_std_fs_read") {
+    if !selected(
+        "put_4k/get_4k/filesystem/std_fs_write_fsync_rename/std_fs_read/spawn_blocking_std_fs_read",
+    ) {
         return;
     }
     let rt = runtime();
@@ -325,7 +327,10 @@ fn eviction_under_load(_: &mut Criterion) {
     let value = Bytes::from(vec![7u8; BLOB]);
     rt.block_on(async {
         for i in 0..4 {
-            store.put_bytes(hot(i).as_str(), value.clone()).await.unwrap();
+            store
+                .put_bytes(hot(i).as_str(), value.clone())
+                .await
+                .unwrap();
         }
         let stop = Arc::new(AtomicU64::new(0));
         let putter = tokio::spawn({
@@ -335,7 +340,10 @@ fn eviction_under_load(_: &mut Criterion) {
                 let mut i = 0;
                 while stop.load(Ordering::SeqCst) == 0 {
                     let started = Instant::now();
-                    store.put_bytes(hot(i).as_str(), value.clone()).await.unwrap();
+                    store
+                        .put_bytes(hot(i).as_str(), value.clone())
+                        .await
+                        .unwrap();
                     puts.push((started, Instant::now()));
                     i += 1;
                 }
@@ -345,7 +353,10 @@ fn eviction_under_load(_: &mut Criterion) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let started = Instant::now();
         let trigger = Bytes::from(vec![9u8; 4 * BLOB]);
-        store.put_bytes(Digest::of(&trigger), trigger).await.unwrap();
+        store
+            .put_bytes(Digest::of(&trigger), trigger)
+            .await
+            .unwrap();
         let ended = Instant::now();
         let evicting = ended - started;
         let left = store.len();

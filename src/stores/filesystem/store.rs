@@ -4,9 +4,9 @@
 use std::fmt;
 use std::fs::{self, File, FileTimes};
 use std::future::{Future, ready};
+use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
@@ -907,9 +907,11 @@ impl Drop for Reservation {
 
 /// Runs `f` on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(|| on_blocking_thread(f)).await.map_err(|e| {
-        Error::new(Code::Internal, "a blocking filesystem task failed").with_source(e)
-    })?
+    tokio::task::spawn_blocking(|| on_blocking_thread(f))
+        .await
+        .map_err(|e| {
+            Error::new(Code::Internal, "a blocking filesystem task failed").with_source(e)
+        })?
 }
 
 impl Filesystem {

@@ -463,14 +463,17 @@ async fn room_for_an_upload_is_made_before_it_so_the_newcomer_is_kept() {
     assert_eq!(fx.keys_on_disk(), BTreeSet::from(["b".into()]));
     // Of unknown size: the room is made when the size is known, before the commit.
     store
-        .put("c".into(), UploadSize::AtMost(10), crate::OneChunk::new("3".into()))
+        .put(
+            "c".into(),
+            UploadSize::AtMost(10),
+            crate::OneChunk::new("3".into()),
+        )
         .await
         .unwrap();
     assert_eq!(store.get_bytes("c").await.unwrap(), "3");
     assert_eq!(fx.keys_on_disk(), BTreeSet::from(["c".into()]));
     assert!(fx.trash_after_settling().await.is_empty());
 }
-
 
 #[tokio::test]
 async fn reads_survive_eviction_and_replacement_of_their_object() {
@@ -831,7 +834,10 @@ async fn evicted_files_go_through_the_trash_and_a_restart_empties_it() {
     let fx = Fixture::new();
     let store = Filesystem::open(fx.with_policy(count(3))).await.unwrap();
     for i in 0..10 {
-        store.put_bytes(format!("k{i}").as_str(), "v".into()).await.unwrap();
+        store
+            .put_bytes(format!("k{i}").as_str(), "v".into())
+            .await
+            .unwrap();
     }
     // Gone from content_path as soon as the put that evicted them returned.
     assert_eq!(
@@ -863,7 +869,10 @@ async fn trash_renames_never_take_a_newer_file_of_the_key() {
             tokio::spawn(async move {
                 for i in 0..50 {
                     let name = format!("k{}", (i + t) % 3);
-                    store.put_bytes(name.as_str(), name.clone().into()).await.unwrap();
+                    store
+                        .put_bytes(name.as_str(), name.clone().into())
+                        .await
+                        .unwrap();
                     if let Ok(bytes) = store.get_bytes(name.as_str()).await {
                         assert_eq!(bytes, name.as_bytes());
                     }
@@ -890,9 +899,10 @@ fn held_body(
         sent.notify_one();
         Ok(rest.await.unwrap_or_default())
     });
-    Box::pin(head.chain(tail).filter(|chunk| {
-        std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))
-    }))
+    Box::pin(
+        head.chain(tail)
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))),
+    )
 }
 
 /// A put of `size` (declared as `declared`) held open by its body; returns the task, the
@@ -938,7 +948,11 @@ async fn uploads_of_known_size_reserve_their_space_up_front() {
     assert_eq!(store.in_flight_bytes(), 3 * BLOCK);
     let (b, _b_rest) = held_put(&store, "b", UploadSize::Exact(4 * BLOCK), None).await;
     assert_eq!(store.in_flight_bytes(), 7 * BLOCK);
-    assert_eq!(store.len(), 2, "2 stored + 7 reserved < 10 blocks: nothing evicted");
+    assert_eq!(
+        store.len(),
+        2,
+        "2 stored + 7 reserved < 10 blocks: nothing evicted"
+    );
 
     // 2 + 7 + 1 reaches max_bytes: the least recently used object makes room.
     store.put_bytes("c", "c".into()).await.unwrap();
@@ -952,7 +966,10 @@ async fn uploads_of_known_size_reserve_their_space_up_front() {
         .put(
             "d".into(),
             UploadSize::Exact(3 * BLOCK),
-            stream::iter(vec![Ok::<_, Error>(Bytes::from(vec![0u8; 3 * BLOCK as usize]))]),
+            stream::iter(vec![Ok::<_, Error>(Bytes::from(vec![
+                0u8;
+                3 * BLOCK as usize
+            ]))]),
         )
         .await
         .unwrap_err();
@@ -972,7 +989,10 @@ async fn uploads_of_known_size_reserve_their_space_up_front() {
     assert_eq!(store.in_flight_bytes(), 0);
     assert_eq!(store.get_bytes("a").await.unwrap(), a_data);
     // The space is usable again.
-    store.put_bytes("d", vec![0u8; 3 * BLOCK as usize].into()).await.unwrap();
+    store
+        .put_bytes("d", vec![0u8; 3 * BLOCK as usize].into())
+        .await
+        .unwrap();
     assert_eq!(store.in_flight_bytes(), 0);
 }
 
@@ -988,7 +1008,13 @@ async fn uploads_of_unknown_size_reserve_as_their_bytes_reach_the_disk() {
     .await
     .unwrap();
     let chunk = Bytes::from(vec![1u8; 75 * BLOCK as usize]); // more than a write batch
-    let (held, _rest) = held_put(&store, "held", UploadSize::AtMost(1 << 30), Some(chunk.clone())).await;
+    let (held, _rest) = held_put(
+        &store,
+        "held",
+        UploadSize::AtMost(1 << 30),
+        Some(chunk.clone()),
+    )
+    .await;
     assert_eq!(store.in_flight_bytes(), 75 * BLOCK);
     assert_eq!(fx.temp_files().len(), 1);
 
@@ -1004,7 +1030,11 @@ async fn uploads_of_unknown_size_reserve_as_their_bytes_reach_the_disk() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert_eq!(store.in_flight_bytes(), 75 * BLOCK);
-    assert_eq!(fx.temp_files().len(), 1, "the refused upload left no temp file");
+    assert_eq!(
+        fx.temp_files().len(),
+        1,
+        "the refused upload left no temp file"
+    );
     assert_eq!(store.has("second").await.unwrap(), None);
 
     // A small upload of unknown size still fits: 75 + 1 < 100.
@@ -1042,7 +1072,11 @@ async fn objects_are_read_only_files_that_can_still_be_replaced_and_evicted() {
     store.put_bytes(d, data.clone()).await.unwrap();
     let digest_file = store.path_of(&d.into()).unwrap();
     assert_eq!(
-        std::fs::metadata(&digest_file).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&digest_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o444
     );
     store.put_bytes("k", "old".into()).await.unwrap();
