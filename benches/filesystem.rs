@@ -8,13 +8,20 @@
 //!   (length set, no blocks: the scan never reads contents) and are created once, under
 //!   `target/tmp`, then reused.
 //!
+//! - `eviction_under_load` (printed, not a criterion group: the event happens once): a store
+//!   over `CASSTACK_EVICT_FILES` (default 10 000) small files, a low watermark that makes one
+//!   put evict all of them, and a task that keeps replacing a few 4 KiB objects meanwhile. It
+//!   prints that task's put latencies before (the baseline), during the evicting put, and
+//!   after it until the evicted files are really gone, and the evicting put's own latency.
+//!
 //! Run: `cargo bench --bench filesystem -- --warm-up-time 1 --measurement-time 3`
-//! (add `open` as a filter to run only the open-time group).
+//! (add `open` as a filter to run only the open-time group, `evict` for the eviction one).
 
 use std::fs::{self, File};
 use std::hint::black_box;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -89,6 +96,12 @@ impl PlainFiles {
 }
 
 fn put_and_get(c: &mut Criterion) {
+    // Setup is not free: skip it when a filter leaves none of these benches.
+    if !selected(
+        "put_4k/get_4k/filesystem/std_fs_write_fsync_rename/std_fs_read/spawn_blocking_std_fs_read",
+    ) {
+        return;
+    }
     let rt = runtime();
     let root = tempfile::tempdir().unwrap();
     let store = rt
@@ -207,6 +220,9 @@ fn plain_scan(root: &Path) -> usize {
 }
 
 fn open(c: &mut Criterion) {
+    if !selected("open_100000_files/open_1000000_files/filesystem/std_fs_readdir_stat_one_thread") {
+        return;
+    }
     let rt = runtime();
     for n in [100_000usize, 1_000_000] {
         let root = fixture(n);
@@ -232,5 +248,146 @@ fn open(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, put_and_get, open);
+/// True when the command line names no filter or one that matches `name`.
+fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && a.parse::<f64>().is_err())
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(what: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    eprintln!(
+        "  {what:<34} n={:<5} p50={:>9.2?} p99={:>9.2?} max={:>9.2?}",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+}
+
+/// Files directly or below `dir` (0 if it does not exist).
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn eviction_under_load(_: &mut Criterion) {
+    if !selected("eviction_under_load") {
+        return;
+    }
+    let n: usize = std::env::var("CASSTACK_EVICT_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = runtime();
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = root.path();
+    let d = dir.join("content/d");
+    fs::create_dir_all(&d).unwrap();
+    fs::create_dir_all(dir.join("tmp")).unwrap();
+    for i in 0..n {
+        let mut hash = [0u8; 32];
+        hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        fs::write(d.join(Digest::new(hash, 100).to_string()), [0u8; 100]).unwrap();
+    }
+    // One block per file; the four hot objects and the trigger fit below max_bytes only
+    // until the trigger's four blocks arrive, and then everything goes (low watermark 16).
+    let block = 4096u64;
+    let max_bytes = (n as u64 + 6) * block;
+    let mut cfg = config(dir);
+    cfg.eviction_policy = casstack::EvictionPolicy {
+        max_bytes,
+        evict_bytes: max_bytes - 16 * block,
+        ..Default::default()
+    };
+    let store = rt.block_on(Filesystem::open(cfg)).unwrap();
+    assert_eq!(store.len(), n);
+    let hot = |i: usize| format!("hot-{}", i % 4);
+    let value = Bytes::from(vec![7u8; BLOB]);
+    rt.block_on(async {
+        for i in 0..4 {
+            store
+                .put_bytes(hot(i).as_str(), value.clone())
+                .await
+                .unwrap();
+        }
+        let stop = Arc::new(AtomicU64::new(0));
+        let putter = tokio::spawn({
+            let (store, stop, value) = (store.clone(), stop.clone(), value.clone());
+            async move {
+                let mut puts: Vec<(Instant, Instant)> = Vec::new();
+                let mut i = 0;
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let started = Instant::now();
+                    store
+                        .put_bytes(hot(i).as_str(), value.clone())
+                        .await
+                        .unwrap();
+                    puts.push((started, Instant::now()));
+                    i += 1;
+                }
+                puts
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
+        let trigger = Bytes::from(vec![9u8; 4 * BLOB]);
+        store
+            .put_bytes(Digest::of(&trigger), trigger)
+            .await
+            .unwrap();
+        let ended = Instant::now();
+        let evicting = ended - started;
+        let left = store.len();
+        // Until the evicted files are deleted (at once before the fix, in the background
+        // after it), and at least a second.
+        let after = Instant::now();
+        while count_files(&dir.join("tmp")) > 1 || after.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let gone = started.elapsed();
+        stop.store(1, Ordering::SeqCst);
+        let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, e) in putter.await.unwrap() {
+            let phase = if e <= started {
+                &mut before
+            } else if s < ended {
+                &mut during
+            } else {
+                &mut after
+            };
+            phase.push(e - s);
+        }
+        eprintln!(
+            "eviction_under_load: {n} files evicted by one put ({left} objects left); \
+             the evicting put took {evicting:.2?}, all evicted files deleted after {gone:.2?}"
+        );
+        summary("concurrent puts, no eviction", before);
+        summary("concurrent puts, overlapping it", during);
+        summary("concurrent puts, after it", after);
+    });
+}
+
+criterion_group!(benches, put_and_get, open, eviction_under_load);
 criterion_main!(benches);

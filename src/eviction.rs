@@ -388,6 +388,16 @@ impl<V: Clone> EvictingMap<V> {
         removed
     }
 
+    /// Runs the eviction rules as if `reserved` more bytes were indexed (space promised to
+    /// uploads in progress), so the entries plus the reservation stay below `max_bytes`;
+    /// returns what left, after telling the listeners.
+    pub(crate) fn evict_reserving(&self, reserved: u64) -> Vec<(Key, V)> {
+        let mut removed = Vec::new();
+        self.evict_with(&mut self.write(), &mut removed, reserved);
+        self.notify(&removed);
+        removed
+    }
+
     /// Number of entries.
     ///
     /// ```
@@ -441,6 +451,11 @@ impl<V: Clone> EvictingMap<V> {
     }
 
     fn evict(&self, state: &mut State<V>, removed: &mut Vec<(Key, V)>) {
+        self.evict_with(state, removed, 0);
+    }
+
+    /// The eviction rules, counting `reserved` bytes on top of the entries.
+    fn evict_with(&self, state: &mut State<V>, removed: &mut Vec<(Key, V)>, reserved: u64) {
         if !self.policy.evicts() {
             return;
         }
@@ -458,7 +473,8 @@ impl<V: Clone> EvictingMap<V> {
                 state.entries.get_mut(&key).expect("indexed").position = last;
                 continue;
             }
-            let over_bytes = self.policy.max_bytes != 0 && state.bytes >= byte_target;
+            let over_bytes =
+                self.policy.max_bytes != 0 && state.bytes.saturating_add(reserved) >= byte_target;
             let over_count =
                 self.policy.max_count != 0 && state.entries.len() as u64 > self.policy.max_count;
             if !(over_bytes || over_count || self.too_old(entry, now)) {

@@ -203,6 +203,16 @@ pub(crate) fn wipe_temp(temp: &Path) -> Result<usize> {
     Ok(deleted)
 }
 
+/// Deletes `trash` (under `temp_path`) with whatever evicted files a previous run left in it.
+pub(crate) fn wipe_trash(trash: &Path) -> Result<()> {
+    match fs::remove_dir_all(trash) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::from(e).context(format_args!("wiping {}", trash.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The number of threads the scan uses: stat is mostly waiting on the disk when the metadata
 /// is not cached, so more threads than cores help.
 pub(crate) fn default_threads() -> usize {

@@ -4,10 +4,11 @@
 use std::fmt;
 use std::fs::{self, File, FileTimes};
 use std::future::{Future, ready};
+use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -26,10 +27,17 @@ use super::config::FilesystemConfig;
 use super::names::{self, DIGESTS, NAMES};
 use super::scan;
 use super::stream::{FileStream, read_chunk};
-use super::temp::TempFile;
+use super::temp::{TempFile, Unlink, on_blocking_thread};
 
 /// Bytes of a body buffered before they are written to the temp file in one blocking call.
 const WRITE_BATCH: usize = 256 * 1024;
+
+/// Number of commit locks; a key always takes the same one (by its hash).
+const COMMIT_LOCKS: usize = 64;
+
+/// The directory under `temp_path` that evicted files are renamed into before they are
+/// deleted in the background.
+pub(crate) const TRASH: &str = "trash";
 
 /// A store of files on a local disk. Cloning it shares the same store.
 ///
@@ -67,10 +75,16 @@ struct Inner {
     _locks: Vec<File>,
     /// Key -> true object size; the index's own size is the block-rounded one.
     index: EvictingMap<u64>,
-    /// Held while renaming a file into place together with its index insert, and while
-    /// deleting the files of dropped keys: see "Consistency" in the module docs.
-    commit: Mutex<()>,
+    /// Per-key locks (striped by hash), held while renaming a key's file into place together
+    /// with its index insert, and while moving the file of a dropped key away: see
+    /// "Consistency" in the module docs.
+    commit: [Mutex<()>; COMMIT_LOCKS],
     dropped: Arc<Dropped>,
+    /// `temp_path/trash`: evicted files wait here for the background unlink.
+    trash: PathBuf,
+    next_trash: AtomicU64,
+    /// Accounted bytes promised to uploads in progress (see [`Reservation`]).
+    reserved: Arc<Mutex<u64>>,
     listeners: RwLock<Vec<Arc<dyn RemovalListener>>>,
     writes: Option<Arc<Semaphore>>,
     read_buffer_size: usize,
@@ -185,6 +199,24 @@ impl Filesystem {
     /// ```
     pub fn total_bytes(&self) -> u64 {
         self.inner.index.total_bytes()
+    }
+
+    /// The accounted bytes reserved by uploads in progress: the declared size of an upload of
+    /// known size from its start, the bytes written so far of one of unknown size. The
+    /// stored objects plus these stay below `eviction_policy.max_bytes`.
+    ///
+    /// ```
+    /// # use casstack::{Filesystem, FilesystemConfig, StoreExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> casstack::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    /// let store = Filesystem::open(FilesystemConfig::new(p("c"), p("t"))).await?;
+    /// store.put_bytes("k", "v".into()).await?;
+    /// assert_eq!(store.in_flight_bytes(), 0); // released when the upload ends
+    /// # Ok(()) }
+    /// ```
+    pub fn in_flight_bytes(&self) -> u64 {
+        *lock(&self.inner.reserved)
     }
 
     /// The stored keys, least recently used first.
@@ -313,7 +345,7 @@ impl Filesystem {
         blocking(move || inner.open_for_read(key, &path, range)).await
     }
 
-    async fn write<B: Body>(&self, key: Key, size: UploadSize, mut body: B) -> Result<u64> {
+    async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
         if key.is_empty_blob() {
             return drain_body(&key, UploadSize::Exact(0), body).await;
         }
@@ -331,12 +363,48 @@ impl Filesystem {
             )
             .with_key(key));
         }
+        let mut reservation = Reservation::new(&self.inner.reserved);
         if let Some(n) = size.exact() {
             self.inner.check_fits(&key, n)?;
+            self.reserve(&key, &mut reservation, n).await?;
         }
         // The temp file is created only once there are bytes to write, so a slow client
         // holds no file while it has sent nothing.
         let mut temp: Option<TempFile> = None;
+        match self
+            .receive(&key, size, body, &mut temp, &mut reservation)
+            .await
+        {
+            Ok((batch, received)) => {
+                self.finish(key, path, temp, batch, received, reservation)
+                    .await
+            }
+            Err(e) => {
+                // Delete the partial upload on the blocking pool before answering, so the
+                // caller finds nothing left (a dropped future leaves it to `TempFile::drop`).
+                if let Some(temp) = temp {
+                    blocking(move || {
+                        drop(temp);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the body into `temp` (all but the last batch, returned with the size), checking
+    /// the sizes and growing the reservation as bytes reach the disk.
+    async fn receive<B: Body>(
+        &self,
+        key: &Key,
+        size: UploadSize,
+        mut body: B,
+        temp: &mut Option<TempFile>,
+        reservation: &mut Reservation,
+    ) -> Result<(Vec<Bytes>, u64)> {
+        let key = key.clone();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batched = 0usize;
         let mut received = 0u64;
@@ -351,11 +419,12 @@ impl Filesystem {
             batched += chunk.len();
             batch.push(chunk);
             if batched >= WRITE_BATCH {
+                self.reserve(&key, reservation, received).await?;
                 let inner = self.inner.clone();
                 let chunks = std::mem::take(&mut batch);
                 let open = temp.take();
                 let k = key.clone();
-                temp = Some(blocking(move || inner.append(&k, open, &chunks)).await?);
+                *temp = Some(blocking(move || inner.append(&k, open, &chunks)).await?);
                 batched = 0;
             }
         }
@@ -376,6 +445,20 @@ impl Filesystem {
             .with_key(key));
         }
         self.inner.check_fits(&key, received)?;
+        self.reserve(&key, reservation, received).await?;
+        Ok((batch, received))
+    }
+
+    /// Writes the last batch, syncs the temp file and commits it.
+    async fn finish(
+        &self,
+        key: Key,
+        path: PathBuf,
+        temp: Option<TempFile>,
+        batch: Vec<Bytes>,
+        received: u64,
+        reservation: Reservation,
+    ) -> Result<u64> {
         let permit = match &self.inner.writes {
             Some(writes) => Some(writes.clone().acquire_owned().await.map_err(|e| {
                 Error::new(Code::Internal, "write semaphore closed").with_source(e)
@@ -387,14 +470,26 @@ impl Filesystem {
         // owns the temp file and either renames it into place or deletes it.
         blocking(move || {
             let mut file = inner.append(&key, temp, &batch)?;
+            file.make_read_only()
+                .map_err(|e| io_error(e, "making read-only", file.path(), &key))?;
             inner
                 .inject(Fault::Sync)
                 .and_then(|()| file.sync())
                 .map_err(|e| io_error(e, "syncing", file.path(), &key))?;
             drop(permit);
-            inner.commit(key, file, &path, received)
+            inner.commit(key, file, &path, received, reservation)
         })
         .await
+    }
+
+    /// Grows `reservation` to cover an upload of `size` bytes, evicting to make room (and
+    /// deleting what it evicted on the blocking pool).
+    async fn reserve(&self, key: &Key, reservation: &mut Reservation, size: u64) -> Result<()> {
+        if self.inner.reserve(key, reservation, size)? {
+            let inner = self.inner.clone();
+            blocking(move || Ok(inner.delete_dropped())).await?;
+        }
+        Ok(())
     }
 
     /// After a read: if the index dropped keys on its own (expiry), delete their files in the
@@ -407,7 +502,7 @@ impl Filesystem {
             && self.inner.dropped.any.swap(false, SeqCst)
         {
             let inner = self.inner.clone();
-            drop(runtime.spawn_blocking(move || inner.delete_dropped()));
+            drop(runtime.spawn_blocking(move || on_blocking_thread(|| inner.delete_dropped())));
         }
     }
 }
@@ -452,6 +547,8 @@ impl Inner {
             locks.push(scan::lock_dir(&temp)?);
         }
         scan::wipe_temp(&temp)?;
+        let trash = temp.join(TRASH);
+        scan::wipe_trash(&trash)?;
         let found = scan::scan(&content, scan::default_threads(), config.check_digest_sizes)?;
         scan::delete_invalid(&found.invalid)?;
 
@@ -466,8 +563,11 @@ impl Inner {
             temp,
             _locks: locks,
             index,
-            commit: Mutex::new(()),
+            commit: std::array::from_fn(|_| Mutex::new(())),
             dropped,
+            trash,
+            next_trash: AtomicU64::new(0),
+            reserved: Arc::new(Mutex::new(0)),
             listeners: RwLock::new(Vec::new()),
             writes: (config.max_concurrent_writes > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_concurrent_writes))),
@@ -512,6 +612,47 @@ impl Inner {
             .saturating_mul(self.block_size)
     }
 
+    /// The commit lock of `key`.
+    fn lock_key(&self, key: &Key) -> MutexGuard<'_, ()> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        lock(&self.commit[(hash % COMMIT_LOCKS as u64) as usize])
+    }
+
+    /// Grows `reservation` to the accounted size of `size` bytes. Refuses with
+    /// `ResourceExhausted` when the uploads in progress, this one included, would reach
+    /// `max_bytes` on their own; otherwise evicts as much as the stored objects plus the
+    /// reservations need to stay below it (by the usual rules: once evicting, down to the
+    /// low watermark). True if it evicted anything, whose files the caller must then delete.
+    fn reserve(&self, key: &Key, reservation: &mut Reservation, size: u64) -> Result<bool> {
+        let bytes = self.accounted(size);
+        if bytes <= reservation.bytes {
+            return Ok(false);
+        }
+        let max_bytes = self.index.policy().max_bytes;
+        let mut reserved = lock(&self.reserved);
+        let wanted = *reserved - reservation.bytes + bytes;
+        let mut evicted = false;
+        if max_bytes != 0 {
+            if wanted >= max_bytes {
+                return Err(Error::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "no room for an upload of {bytes} bytes: uploads in progress already \
+                         hold {} of max_bytes {max_bytes}; retry later",
+                        *reserved - reservation.bytes
+                    ),
+                )
+                .with_key(key.clone()));
+            }
+            if self.index.total_bytes().saturating_add(wanted) >= max_bytes {
+                evicted = !self.index.evict_reserving(wanted).is_empty();
+            }
+        }
+        *reserved = wanted;
+        reservation.bytes = bytes;
+        Ok(evicted)
+    }
+
     fn check_fits(&self, key: &Key, size: u64) -> Result<()> {
         self.index
             .policy()
@@ -550,17 +691,33 @@ impl Inner {
         Ok(file)
     }
 
-    /// Renames a complete, synced upload into place and indexes it, then deletes the files of
-    /// whatever the insert evicted; all under the commit lock.
-    fn commit(&self, key: Key, file: TempFile, path: &Path, size: u64) -> Result<u64> {
+    /// Renames a complete, synced upload into place and indexes it under the key's commit
+    /// lock, turning its reservation into the index entry; then moves away the files of
+    /// whatever the insert evicted.
+    fn commit(
+        &self,
+        key: Key,
+        file: TempFile,
+        path: &Path,
+        size: u64,
+        mut reservation: Reservation,
+    ) -> Result<u64> {
         let accounted = self.accounted(size);
         let failed = {
-            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            let _commit = self.lock_key(&key);
             self.inject(Fault::Rename)
                 .and_then(|()| fs::rename(file.path(), path))
                 .map_err(|e| io_error(e, "renaming an upload to", path, &key))?;
             file.disarm();
-            match self.index.insert(key.clone(), size, accounted) {
+            // The entry replaces the reservation in one step, so the two are never both
+            // missing from (nor, for long, both in) the total.
+            let inserted = {
+                let mut reserved = lock(&self.reserved);
+                let inserted = self.index.insert(key.clone(), size, accounted);
+                *reserved -= std::mem::take(&mut reservation.bytes);
+                inserted
+            };
+            match inserted {
                 Ok(_) => None,
                 Err(e) => {
                     // Only refused if it can never fit, which was checked; should it happen,
@@ -585,32 +742,30 @@ impl Inner {
         Ok(size)
     }
 
-    /// Deletes the files of the keys the index dropped and no longer holds, then tells the
-    /// listeners. Returns how many keys it handled.
+    /// Moves the files of the keys the index dropped and no longer holds out of
+    /// `content_path` (a rename into the trash, each under its key's commit lock), tells the
+    /// listeners, and leaves the unlinks to a background task. Returns how many keys it
+    /// handled.
     fn delete_dropped(&self) -> usize {
-        let keys = {
-            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-            self.dropped.any.store(false, SeqCst);
-            let keys = std::mem::take(
-                &mut *self
-                    .dropped
-                    .keys
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            for key in &keys {
-                // Under the commit lock nobody renames a file into place, so a key absent
-                // from the index now has no newer file that this could delete.
-                if self.index.peek(key).is_none()
-                    && let Ok(path) = self.path_of(key)
-                {
-                    // Best effort: a file that cannot be deleted is unindexed and is
-                    // replaced by the next upload of its key or re-indexed at startup.
-                    let _ = remove_if_exists(&path);
+        self.dropped.any.store(false, SeqCst);
+        let keys = std::mem::take(&mut *lock(&self.dropped.keys));
+        let mut trash = Vec::new();
+        for key in &keys {
+            let Ok(path) = self.path_of(key) else {
+                continue;
+            };
+            let _commit = self.lock_key(key);
+            // Under the key's commit lock nobody renames a file of it into place, so a key
+            // absent from the index now has no newer file that this could move away.
+            if self.index.peek(key).is_none() {
+                // Best effort: a file that cannot be moved or deleted is unindexed and is
+                // replaced by the next upload of its key or re-indexed at startup.
+                if let Ok(Some(moved)) = self.move_to_trash(&path) {
+                    trash.push(moved);
                 }
             }
-            keys
-        };
+        }
+        Unlink::new(trash).in_background();
         if !keys.is_empty() {
             let listeners = self
                 .listeners
@@ -625,9 +780,28 @@ impl Inner {
         keys.len()
     }
 
+    /// Renames `path` into the trash (creating it if needed); `None` if there is no such
+    /// file. Falls back to deleting it in place if the rename fails otherwise.
+    fn move_to_trash(&self, path: &Path) -> io::Result<Option<PathBuf>> {
+        let to = self
+            .trash
+            .join(self.next_trash.fetch_add(1, Relaxed).to_string());
+        let moved = match fs::rename(path, &to) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.trash.is_dir() => {
+                fs::create_dir_all(&self.trash).and_then(|()| fs::rename(path, &to))
+            }
+            moved => moved,
+        };
+        match moved {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(_) => remove_if_exists(path).map(|()| None),
+        }
+    }
+
     fn remove(&self, key: &Key) -> bool {
         let present = {
-            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            let _commit = self.lock_key(key);
             self.index.remove(key).is_some()
         };
         self.delete_dropped();
@@ -677,7 +851,7 @@ impl Inner {
     /// entry, so `has` stops reporting it.
     fn forget_if_missing(&self, key: &Key, path: &Path) {
         {
-            let _commit = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+            let _commit = self.lock_key(key);
             if fs::symlink_metadata(path).is_ok() {
                 return;
             }
@@ -701,11 +875,43 @@ fn io_error(e: io::Error, doing: &str, path: &Path, key: &Key) -> Error {
         .with_key(key.clone())
 }
 
+/// Locks `mutex`, using it as is if poisoned: every update under these locks completes
+/// before anything that could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Space promised to one upload in progress: its accounted bytes are in `Inner::reserved`
+/// until the upload is indexed (the bytes move to the index), fails or is dropped.
+struct Reservation {
+    reserved: Arc<Mutex<u64>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    fn new(reserved: &Arc<Mutex<u64>>) -> Self {
+        Reservation {
+            reserved: reserved.clone(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes != 0 {
+            *lock(&self.reserved) -= self.bytes;
+        }
+    }
+}
+
 /// Runs `f` on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        Error::new(Code::Internal, "a blocking filesystem task failed").with_source(e)
-    })?
+    tokio::task::spawn_blocking(|| on_blocking_thread(f))
+        .await
+        .map_err(|e| {
+            Error::new(Code::Internal, "a blocking filesystem task failed").with_source(e)
+        })?
 }
 
 impl Filesystem {

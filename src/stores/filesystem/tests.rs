@@ -50,11 +50,23 @@ impl Fixture {
         self.dir.path().join("content")
     }
 
-    /// The files in `temp_path`, but the lock file.
+    /// The files in `temp_path`, but the lock file and the trash directory.
     fn temp_files(&self) -> BTreeSet<String> {
         let mut files = files_in(&self.dir.path().join("tmp"));
         files.remove(super::scan::LOCK_FILE);
+        files.remove(super::store::TRASH);
         files
+    }
+
+    /// The files in the trash, once the background unlinks are done.
+    async fn trash_after_settling(&self) -> BTreeSet<String> {
+        super::temp::settled().await;
+        let trash = self.dir.path().join("tmp").join(super::store::TRASH);
+        if trash.exists() {
+            files_in(&trash)
+        } else {
+            BTreeSet::new()
+        }
     }
 
     /// Every key whose file is on disk.
@@ -90,7 +102,8 @@ fn blob(tag: &str, len: usize) -> (Digest, Bytes) {
 }
 
 fn set_atime(path: &Path, ago: Duration) {
-    let file = std::fs::File::options().write(true).open(path).unwrap();
+    // Read-only: objects are 0444, and the owner may set the times through any descriptor.
+    let file = std::fs::File::open(path).unwrap();
     file.set_times(std::fs::FileTimes::new().set_accessed(SystemTime::now() - ago))
         .unwrap();
 }
@@ -330,6 +343,8 @@ async fn a_dropped_put_deletes_its_temp_file() {
     );
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
+    // Dropped on an async worker, the temp file is deleted on the blocking pool.
+    super::temp::settled().await;
     assert!(fx.temp_files().is_empty(), "the dropped upload cleaned up");
     assert_eq!(store.has("k").await.unwrap(), None);
     store.put_bytes("k", "fine".into()).await.unwrap();
@@ -429,9 +444,11 @@ async fn eviction_deletes_the_file_before_listeners_hear_of_it() {
 }
 
 #[tokio::test]
-async fn an_object_evicted_by_its_own_insert_is_deleted_without_deadlock() {
+async fn room_for_an_upload_is_made_before_it_so_the_newcomer_is_kept() {
     let fx = Fixture::new();
-    // Two blocks fit below max_bytes; reaching it evicts down to 0, including the newcomer.
+    // Two blocks reach max_bytes; making room evicts down to the low watermark, 0. The room
+    // is made when the upload reserves its block, so the newcomer itself is never evicted
+    // (before reservations, its own insert evicted it along with everything else).
     let store = Filesystem::open(fx.with_policy(EvictionPolicy {
         max_bytes: 8192,
         evict_bytes: 8192,
@@ -442,10 +459,20 @@ async fn an_object_evicted_by_its_own_insert_is_deleted_without_deadlock() {
     store.put_bytes("a", "1".into()).await.unwrap();
     assert_eq!(store.put_bytes("b", "2".into()).await.unwrap(), 1);
     assert_eq!(store.has("a").await.unwrap(), None);
-    assert_eq!(store.has("b").await.unwrap(), None);
-    assert!(fx.keys_on_disk().is_empty());
-    store.put_bytes("c", "3".into()).await.unwrap();
+    assert_eq!(store.has("b").await.unwrap(), Some(1));
+    assert_eq!(fx.keys_on_disk(), BTreeSet::from(["b".into()]));
+    // Of unknown size: the room is made when the size is known, before the commit.
+    store
+        .put(
+            "c".into(),
+            UploadSize::AtMost(10),
+            crate::OneChunk::new("3".into()),
+        )
+        .await
+        .unwrap();
     assert_eq!(store.get_bytes("c").await.unwrap(), "3");
+    assert_eq!(fx.keys_on_disk(), BTreeSet::from(["c".into()]));
+    assert!(fx.trash_after_settling().await.is_empty());
 }
 
 #[tokio::test]
@@ -798,4 +825,278 @@ async fn one_directory_serves_one_open_store() {
     drop(store);
     let reopened = fx.open().await;
     assert_eq!(reopened.get_bytes("k").await.unwrap(), "v");
+}
+
+/// Evicted files leave `content_path` at once (renamed into `temp_path/trash` under their
+/// key's lock) and are unlinked in the background; a restart wipes what the trash still holds.
+#[tokio::test]
+async fn evicted_files_go_through_the_trash_and_a_restart_empties_it() {
+    let fx = Fixture::new();
+    let store = Filesystem::open(fx.with_policy(count(3))).await.unwrap();
+    for i in 0..10 {
+        store
+            .put_bytes(format!("k{i}").as_str(), "v".into())
+            .await
+            .unwrap();
+    }
+    // Gone from content_path as soon as the put that evicted them returned.
+    assert_eq!(
+        fx.keys_on_disk(),
+        BTreeSet::from(["k7".into(), "k8".into(), "k9".into()])
+    );
+    assert!(fx.trash_after_settling().await.is_empty(), "unlinked");
+    assert!(fx.temp_files().is_empty());
+    drop(store);
+
+    // A crash between the rename and the unlink leaves files in the trash.
+    let trash = fx.dir.path().join("tmp").join(super::store::TRASH);
+    std::fs::create_dir_all(trash.join("sub")).unwrap();
+    std::fs::write(trash.join("17"), "evicted").unwrap();
+    let store = Filesystem::open(fx.with_policy(count(3))).await.unwrap();
+    assert!(!trash.exists(), "wiped at startup");
+    assert_eq!(store.len(), 3);
+}
+
+/// An upload racing the eviction of its own key, many times over with a tiny store: the
+/// trash rename checks the index under the key's lock, so it never takes the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trash_renames_never_take_a_newer_file_of_the_key() {
+    let fx = Fixture::new();
+    let store = Filesystem::open(fx.with_policy(count(2))).await.unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let name = format!("k{}", (i + t) % 3);
+                    store
+                        .put_bytes(name.as_str(), name.clone().into())
+                        .await
+                        .unwrap();
+                    if let Ok(bytes) = store.get_bytes(name.as_str()).await {
+                        assert_eq!(bytes, name.as_bytes());
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let indexed: BTreeSet<Key> = store.keys().into_iter().collect();
+    assert_eq!(indexed, fx.keys_on_disk());
+    assert!(fx.trash_after_settling().await.is_empty());
+}
+
+/// A body that sends `first` (if any), tells `sent`, then waits for `rest`.
+fn held_body(
+    first: Option<Bytes>,
+    sent: Arc<tokio::sync::Notify>,
+    rest: tokio::sync::oneshot::Receiver<Bytes>,
+) -> impl crate::Body {
+    let head = stream::iter(first.into_iter().map(Ok));
+    let tail = stream::once(async move {
+        sent.notify_one();
+        Ok(rest.await.unwrap_or_default())
+    });
+    Box::pin(
+        head.chain(tail)
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))),
+    )
+}
+
+/// A put of `size` (declared as `declared`) held open by its body; returns the task, the
+/// sender that completes it, after the body has been asked for data once more.
+async fn held_put(
+    store: &Filesystem,
+    key: &str,
+    declared: UploadSize,
+    first: Option<Bytes>,
+) -> (
+    tokio::task::JoinHandle<crate::Result<u64>>,
+    tokio::sync::oneshot::Sender<Bytes>,
+) {
+    let sent = Arc::new(tokio::sync::Notify::new());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let body = held_body(first, sent.clone(), rx);
+    let store = store.clone();
+    let key = Key::from(key);
+    let task = tokio::spawn(async move { store.put(key, declared, body).await });
+    sent.notified().await;
+    (task, tx)
+}
+
+const BLOCK: u64 = 4096;
+
+/// Uploads of declared size reserve it before reading their bodies; the stored objects plus
+/// the reservations stay below max_bytes, by evicting or, when even an empty store could not
+/// hold them, by refusing the newcomer.
+#[tokio::test]
+async fn uploads_of_known_size_reserve_their_space_up_front() {
+    let fx = Fixture::new();
+    let store = Filesystem::open(fx.with_policy(EvictionPolicy {
+        max_bytes: 10 * BLOCK,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    store.put_bytes("x", "x".into()).await.unwrap();
+    store.put_bytes("y", "y".into()).await.unwrap();
+    store.has("y").await.unwrap(); // y is the more recently used
+    let a_data = Bytes::from(vec![b'a'; 3 * BLOCK as usize]);
+    let (a, a_rest) = held_put(&store, "a", UploadSize::Exact(3 * BLOCK), None).await;
+    assert_eq!(store.in_flight_bytes(), 3 * BLOCK);
+    let (b, _b_rest) = held_put(&store, "b", UploadSize::Exact(4 * BLOCK), None).await;
+    assert_eq!(store.in_flight_bytes(), 7 * BLOCK);
+    assert_eq!(
+        store.len(),
+        2,
+        "2 stored + 7 reserved < 10 blocks: nothing evicted"
+    );
+
+    // 2 + 7 + 1 reaches max_bytes: the least recently used object makes room.
+    store.put_bytes("c", "c".into()).await.unwrap();
+    assert_eq!(store.has("x").await.unwrap(), None);
+    assert_eq!(fx.keys_on_disk(), BTreeSet::from(["y".into(), "c".into()]));
+    assert_eq!(store.total_bytes() + store.in_flight_bytes(), 9 * BLOCK);
+
+    // 7 reserved + 3 reaches max_bytes with nothing stored at all: refused before the body
+    // is read, and nothing is evicted for it.
+    let err = store
+        .put(
+            "d".into(),
+            UploadSize::Exact(3 * BLOCK),
+            stream::iter(vec![Ok::<_, Error>(Bytes::from(vec![
+                0u8;
+                3 * BLOCK as usize
+            ]))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("uploads in progress"), "{err}");
+    assert_eq!(err.key(), Some(&Key::from("d")));
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.in_flight_bytes(), 7 * BLOCK);
+
+    // A commit turns its reservation into its object; a dropped upload frees its reservation.
+    a_rest.send(a_data.clone()).unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), 3 * BLOCK);
+    assert_eq!(store.in_flight_bytes(), 4 * BLOCK);
+    assert_eq!(store.total_bytes(), 5 * BLOCK);
+    b.abort();
+    assert!(b.await.unwrap_err().is_cancelled());
+    assert_eq!(store.in_flight_bytes(), 0);
+    assert_eq!(store.get_bytes("a").await.unwrap(), a_data);
+    // The space is usable again.
+    store
+        .put_bytes("d", vec![0u8; 3 * BLOCK as usize].into())
+        .await
+        .unwrap();
+    assert_eq!(store.in_flight_bytes(), 0);
+}
+
+/// Uploads of unknown size reserve what they have written so far, batch by batch; one that
+/// outgrows the room left fails with ResourceExhausted and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_unknown_size_reserve_as_their_bytes_reach_the_disk() {
+    let fx = Fixture::new();
+    let store = Filesystem::open(fx.with_policy(EvictionPolicy {
+        max_bytes: 100 * BLOCK,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let chunk = Bytes::from(vec![1u8; 75 * BLOCK as usize]); // more than a write batch
+    let (held, _rest) = held_put(
+        &store,
+        "held",
+        UploadSize::AtMost(1 << 30),
+        Some(chunk.clone()),
+    )
+    .await;
+    assert_eq!(store.in_flight_bytes(), 75 * BLOCK);
+    assert_eq!(fx.temp_files().len(), 1);
+
+    // 75 + 75 blocks would reach max_bytes: the second upload fails once its first batch
+    // is ready to be written.
+    let err = store
+        .put(
+            "second".into(),
+            UploadSize::AtMost(1 << 30),
+            stream::iter(vec![Ok::<_, Error>(chunk.clone()), Ok(chunk.clone())]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert_eq!(store.in_flight_bytes(), 75 * BLOCK);
+    assert_eq!(
+        fx.temp_files().len(),
+        1,
+        "the refused upload left no temp file"
+    );
+    assert_eq!(store.has("second").await.unwrap(), None);
+
+    // A small upload of unknown size still fits: 75 + 1 < 100.
+    store
+        .put(
+            "small".into(),
+            UploadSize::AtMost(1 << 30),
+            crate::OneChunk::new("s".into()),
+        )
+        .await
+        .unwrap();
+    held.abort();
+    assert!(held.await.unwrap_err().is_cancelled());
+    assert_eq!(store.in_flight_bytes(), 0);
+    super::temp::settled().await;
+    assert!(fx.temp_files().is_empty());
+    assert_eq!(store.len(), 1);
+}
+
+/// Objects are read-only files (0444), so a hard link to one cannot change the store; being
+/// read-only stops none of replacement, removal, eviction or the startup scan.
+#[tokio::test]
+async fn objects_are_read_only_files_that_can_still_be_replaced_and_evicted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fx = Fixture::new();
+    let mode = |key: &str| {
+        std::fs::metadata(fx.content().join("s").join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let store = Filesystem::open(fx.with_policy(count(2))).await.unwrap();
+    let (d, data) = blob("ro", 1000);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    let digest_file = store.path_of(&d.into()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&digest_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o444
+    );
+    store.put_bytes("k", "old".into()).await.unwrap();
+    assert_eq!(mode("k"), 0o444);
+    store.put_bytes("k", "new".into()).await.unwrap();
+    assert_eq!(store.get_bytes("k").await.unwrap(), "new");
+    assert_eq!(mode("k"), 0o444);
+    // The digest is evicted (count 2) by a third key.
+    store.put_bytes("j", "j".into()).await.unwrap();
+    assert!(!digest_file.exists());
+    assert!(fx.trash_after_settling().await.is_empty());
+    assert!(store.remove(&"j".into()).await.unwrap());
+    assert_eq!(fx.keys_on_disk(), BTreeSet::from(["k".into()]));
+    drop(store);
+
+    // The startup scan indexes read-only objects and deletes read-only invalid files.
+    let junk = fx.content().join("d").join("not-a-digest");
+    std::fs::write(&junk, "junk").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let store = Filesystem::open(fx.with_policy(count(2))).await.unwrap();
+    assert!(!junk.exists());
+    assert_eq!(store.get_bytes("k").await.unwrap(), "new");
 }
