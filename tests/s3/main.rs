@@ -273,7 +273,7 @@ async fn client_errors_are_not_retried() {
         "the first put and the refused one"
     );
     assert_eq!(store.get_bytes("k").await.unwrap(), "value");
-    // A missing bucket is NotFound, not retried.
+    // A missing bucket is a broken store, not a missing object, and is not retried.
     let gone = S3::new(S3Config {
         bucket: "no-such-bucket".into(),
         ..store.config().clone()
@@ -281,8 +281,17 @@ async fn client_errors_are_not_retried() {
     .unwrap();
     proxy.clear_log();
     let err = gone.put_bytes("k", "v".into()).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.message().contains("NoSuchBucket"), "{err}");
+    assert!(err.message().contains("bucket does not exist"), "{err}");
     assert_eq!(proxy.seen().len(), 1);
+    for range in [ByteRange::FULL, ByteRange::new(1, Some(2))] {
+        let err = gone.get_range_bytes("k", range).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert!(err.message().contains("NoSuchBucket"), "{err}");
+    }
+    // A HEAD of an object cannot tell (a bare 404): absent.
+    assert_eq!(gone.has("k").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -299,6 +308,10 @@ async fn health_is_a_head_of_the_bucket() {
         failure
             .message
             .starts_with("HEAD of bucket `no-such-bucket-for-health` failed"),
+        "{status}"
+    );
+    assert!(
+        failure.message.contains("bucket does not exist"),
         "{status}"
     );
     // A server that answers every HEAD with 503, through the retries.

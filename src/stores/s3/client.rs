@@ -392,9 +392,19 @@ impl Client {
             ..Default::default()
         };
         self.call("HeadBucket", self.s3.head_bucket(request), |e| match e {
-            HeadBucketError::NoSuchBucket(_) => Code::NotFound,
+            HeadBucketError::NoSuchBucket(_) => Code::Internal,
         })
         .await
+        .map_err(|e| match e.code() {
+            // A HEAD has no error body: any 404 means the bucket.
+            Code::NotFound | Code::Internal if !e.message().contains(NO_SUCH_BUCKET_HINT) => {
+                Error::new(
+                    Code::Internal,
+                    format!("{}{NO_SUCH_BUCKET_HINT}", e.message()),
+                )
+            }
+            _ => e,
+        })
     }
 
     /// Runs one request under the timeout and maps its error.
@@ -552,6 +562,10 @@ fn map_error<E: fmt::Display>(
     }
 }
 
+/// Appended to the message of a `NoSuchBucket` error.
+const NO_SUCH_BUCKET_HINT: &str =
+    " (the store's bucket does not exist: check `bucket`, `endpoint` and `region`)";
+
 /// The code for an S3 error response: throttling, 5xx and request timeouts are transient;
 /// other 4xx are not.
 pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
@@ -571,6 +585,8 @@ pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
             ),
         ) => Code::Unavailable,
         (_, Some("RequestTimeout")) => Code::DeadlineExceeded,
+        // Not a missing object: the store itself is broken (a wrong or deleted bucket).
+        (_, Some("NoSuchBucket")) => Code::Internal,
         (404, _) => Code::NotFound,
         (401 | 403, _) => Code::PermissionDenied,
         (412 | 409, _) => Code::Aborted,
@@ -588,6 +604,9 @@ pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
     if let Some(detail) = xml_tag(body, "Message") {
         message.push_str(": ");
         message.push_str(&detail);
+    }
+    if s3_code.as_deref() == Some("NoSuchBucket") {
+        message.push_str(NO_SUCH_BUCKET_HINT);
     }
     Error::new(code, message)
 }
@@ -619,7 +638,7 @@ mod tests {
             (400, body("InvalidArgument"), Code::InvalidArgument),
             (403, body("AccessDenied"), Code::PermissionDenied),
             (404, String::new(), Code::NotFound),
-            (404, body("NoSuchBucket"), Code::NotFound),
+            (404, body("NoSuchBucket"), Code::Internal),
             (412, body("PreconditionFailed"), Code::Aborted),
             (416, body("InvalidRange"), Code::OutOfRange),
             (501, body("NotImplemented"), Code::Unimplemented),
@@ -642,7 +661,7 @@ mod tests {
             (Some("bytes 100-109/1000"), 100, Some(109), 10),
             (Some("bytes 995-999/1000"), 995, Some(1044), 5),
             (Some("bytes 990-999/1000"), 990, None, 10),
-            (Some("bytes 5-9/*"), 5, Some(9), 10),
+            (Some("bytes 5-9/*"), 5, Some(9), 5),
         ];
         for (header, start, last, len) in ok {
             check_content_range(header, start, last, len).unwrap();
