@@ -28,6 +28,7 @@ trait DynStore: Send + Sync + 'static {
     fn get_dyn(&self, key: Key, range: ByteRange) -> BoxFuture<'_, BoxStream>;
     fn put_dyn(&self, key: Key, size: UploadSize, body: BoxStream) -> BoxFuture<'_, u64>;
     fn subscribe_removals_dyn(&self, listener: Arc<dyn RemovalListener>);
+    fn reports_all_removals_dyn(&self) -> bool;
     fn check_health_dyn(&self) -> Pin<Box<dyn Future<Output = HealthStatus> + Send + '_>>;
     fn type_name(&self) -> &'static str;
     fn discards_writes_dyn(&self) -> bool;
@@ -55,6 +56,10 @@ impl<S: Store> DynStore for S {
 
     fn subscribe_removals_dyn(&self, listener: Arc<dyn RemovalListener>) {
         self.subscribe_removals(listener);
+    }
+
+    fn reports_all_removals_dyn(&self) -> bool {
+        self.reports_all_removals()
     }
 
     fn check_health_dyn(&self) -> Pin<Box<dyn Future<Output = HealthStatus> + Send + '_>> {
@@ -130,6 +135,10 @@ impl Store for BoxStore {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.0.subscribe_removals_dyn(listener);
+    }
+
+    fn reports_all_removals(&self) -> bool {
+        self.0.reports_all_removals_dyn()
     }
 
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {

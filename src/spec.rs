@@ -516,6 +516,20 @@ impl<S: FromSpec + Store> FromSpec for ExistenceCache<S> {
         };
         let backend_cx = cx.child("existence_cache", "backend");
         let inner = S::from_spec_in(&node.backend, &backend_cx).await?;
+        if node.config.eviction_policy.max_seconds == 0 && !inner.reports_all_removals() {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!(
+                    "{}: the backend ({}) does not report every removal (an s3_store, whose \
+                     objects expire; a dedup, whose chunks may be lost; a redis_store without \
+                     notify-keyspace-events \"Exe\" or unreachable at startup), so cached \
+                     answers could outlive the blobs: set eviction_policy.max_seconds to \
+                     bound how long an answer is trusted",
+                    cx.child("existence_cache", "").path(),
+                    node.backend.kind()
+                ),
+            ));
+        }
         Ok(ExistenceCache::new(inner, node.config))
     }
 }

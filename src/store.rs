@@ -83,6 +83,30 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = listener;
     }
 
+    /// True if, right now, every key that leaves this store is announced to the listeners of
+    /// [`subscribe_removals`](Store::subscribe_removals), so a cache above may trust its
+    /// "present" answers until it hears otherwise.
+    ///
+    /// The default, `false`, is the safe answer for any store that cannot promise it:
+    /// [`ExistenceCache`](crate::ExistenceCache) then never skips an upload and only keeps
+    /// answers for its configured time-to-live. `Memory` and `Filesystem` report every
+    /// removal; `Redis` does only while its keyspace-event subscription is live (it can change
+    /// at any time, so ask each time); `S3` (expiry, lifecycle rules), `Dedup` (a lost chunk
+    /// is announced under the chunk's digest) and `Noop` do not. Wrappers answer `true` only
+    /// if every child whose removals they forward does.
+    ///
+    /// ```
+    /// use casstack::{FastSlow, Memory, Noop, Store};
+    ///
+    /// assert!(Memory::default().reports_all_removals());
+    /// assert!(!Noop.reports_all_removals());
+    /// let tiers = FastSlow::new(Memory::default(), Memory::default(), Default::default());
+    /// assert!(tiers.reports_all_removals());
+    /// ```
+    fn reports_all_removals(&self) -> bool {
+        false
+    }
+
     /// Checks that the store works, and for a wrapper that every child does (see
     /// [`HealthStatus`] for what each store checks).
     ///
@@ -141,6 +165,31 @@ pub trait Store: Clone + Send + Sync + 'static {
 pub trait RemovalListener: Send + Sync + 'static {
     /// `key` has left the store.
     fn removed(&self, key: &Key);
+
+    /// The store may have dropped *any* key without telling (its notification channel was
+    /// down for a while, as a `Redis` store's keyspace subscription after a reconnect):
+    /// forget everything learnt about it. Called once the store reports removals again.
+    ///
+    /// The default does nothing, which is right only for listeners that keep no state.
+    ///
+    /// ```
+    /// use std::sync::Mutex;
+    /// use casstack::{Key, RemovalListener};
+    ///
+    /// struct Known(Mutex<Vec<Key>>);
+    /// impl RemovalListener for Known {
+    ///     fn removed(&self, key: &Key) {
+    ///         self.0.lock().unwrap().retain(|k| k != key);
+    ///     }
+    ///     fn removals_missed(&self) {
+    ///         self.0.lock().unwrap().clear();
+    ///     }
+    /// }
+    /// let known = Known(Mutex::new(vec![Key::from("a")]));
+    /// known.removals_missed();
+    /// assert!(known.0.lock().unwrap().is_empty());
+    /// ```
+    fn removals_missed(&self) {}
 }
 
 impl<F: Fn(&Key) + Send + Sync + 'static> RemovalListener for F {

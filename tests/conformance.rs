@@ -90,6 +90,8 @@ impl Store for TruncatingReads {
 struct ForgetsSomePuts {
     inner: Memory,
     puts: Arc<AtomicU64>,
+    /// Says it reports every removal (it reports none).
+    claims_to_report: bool,
 }
 
 impl Store for ForgetsSomePuts {
@@ -113,6 +115,10 @@ impl Store for ForgetsSomePuts {
             return casstack::drain_body(&key, size, body).await;
         }
         self.inner.put(key, size, body).await
+    }
+
+    fn reports_all_removals(&self) -> bool {
+        self.claims_to_report
     }
 }
 
@@ -173,6 +179,20 @@ fn checker_catches_a_store_that_forgets_without_eviction() {
     Conformance::new()
         .may_forget(true)
         .check(|| async { ForgetsSomePuts::default() });
+}
+
+#[test]
+fn checker_catches_a_forgetting_store_that_claims_to_report_removals() {
+    let failure = Conformance::new()
+        .may_forget(true)
+        .run(|| async {
+            ForgetsSomePuts {
+                claims_to_report: true,
+                ..Default::default()
+            }
+        })
+        .expect_err("a store that drops keys unannounced must not claim to report removals");
+    assert!(failure.message().contains("announced none"), "{failure}");
 }
 
 #[test]

@@ -771,3 +771,82 @@ async fn an_existence_cache_above_redis_forgets_expired_keys() {
         "the cache no longer claims it"
     );
 }
+
+#[tokio::test]
+async fn an_existence_cache_over_redis_without_keyspace_events_never_hides_a_lost_blob() {
+    use casstack::{ExistenceCache, ExistenceCacheConfig};
+    let server = RedisServer::start();
+    let store = ExistenceCache::new(
+        connect(&server, "cas:").await,
+        ExistenceCacheConfig::default(),
+    );
+    let data = blob(1_000, 7);
+    let d = Digest::of(&data);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(store.has(d).await.unwrap(), Some(1_000));
+    // Dropped behind the cache's back (evicted, expired or deleted: nobody says so).
+    server.command(&["DEL", &format!("cas:{d}")]);
+    assert_eq!(store.has(d).await.unwrap(), None, "no stale positive");
+    // Uploading the digest again is not skipped: the blob is really stored again.
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(store.get_ref().get_bytes(d).await.unwrap(), data);
+    // A layout refuses the combination unless cached answers expire.
+    let layout = format!(
+        "existence_cache.backend.redis_store = {{ addresses = [{:?}] }}",
+        server.url()
+    );
+    let spec = casstack::StoreSpec::from_toml(&layout).unwrap();
+    let err = casstack::BoxStore::from_spec(&spec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("redis_store")
+            && err.message().contains("notify-keyspace-events")
+            && err.message().contains("max_seconds"),
+        "{err}"
+    );
+    let bounded = format!("{layout}\nexistence_cache.eviction_policy.max_seconds = 60");
+    let spec = casstack::StoreSpec::from_toml(&bounded).unwrap();
+    casstack::BoxStore::from_spec(&spec).await.unwrap();
+    // With keyspace events on, the same layout needs no time-to-live.
+    server.command(&["CONFIG", "SET", "notify-keyspace-events", "Exe"]);
+    let spec = casstack::StoreSpec::from_toml(&layout).unwrap();
+    casstack::BoxStore::from_spec(&spec).await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_pub_sub_gap_an_existence_cache_above_forgets_what_it_knew() {
+    use casstack::{ExistenceCache, ExistenceCacheConfig, RemovalListener};
+    /// Counts "removals may have been missed" signals.
+    struct Resets(mpsc::UnboundedSender<()>);
+    impl RemovalListener for Resets {
+        fn removed(&self, _: &Key) {}
+        fn removals_missed(&self) {
+            let _ = self.0.send(());
+        }
+    }
+    let server = RedisServer::start_with(&["--notify-keyspace-events", "Exe"]);
+    let redis = connect(&server, "cas:").await;
+    assert!(redis.reports_all_removals());
+    let store = ExistenceCache::new(redis, ExistenceCacheConfig::default());
+    // Registered after the cache's own listener, so it is called after the cache's.
+    let (tx, mut resets) = mpsc::unbounded_channel();
+    store.get_ref().subscribe_removals(Arc::new(Resets(tx)));
+    let data = blob(1_000, 8);
+    let d = Digest::of(&data);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    // The key goes without an event (a DEL is not announced under `Exe`), standing for an
+    // eviction while the subscription is down: only the reset can make the cache forget it.
+    server.command(&["DEL", &format!("cas:{d}")]);
+    assert!(store.is_cached(&d.into()));
+    // The pub/sub connection breaks; the store resubscribes and says it may have missed
+    // removals.
+    server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    tokio::time::timeout(Duration::from_secs(10), resets.recv())
+        .await
+        .expect("no reset within 10 s after the pub/sub connection broke")
+        .unwrap();
+    assert!(!store.is_cached(&d.into()));
+    assert_eq!(store.has(d).await.unwrap(), None);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(store.get_bytes(d).await.unwrap(), data);
+}

@@ -185,6 +185,11 @@ impl Store for Memory {
         self.index.subscribe(listener);
     }
 
+    /// Always: every eviction and removal is announced.
+    fn reports_all_removals(&self) -> bool {
+        true
+    }
+
     /// Always ok: there is nothing to check in RAM (a round trip would only store a probe).
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
         ready(HealthStatus::Ok)

@@ -199,6 +199,10 @@ impl<S: Store> Store for Faulty<S> {
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
     }
+
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
+    }
 }
 
 /// A stream that breaks with an `Unavailable` error after a number of bytes (or never).

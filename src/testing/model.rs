@@ -1,7 +1,7 @@
 //! Runs one generated case against a store and the reference model.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use super::Reopen;
 use super::strategy::{BodyFault, Case, Op};
 use crate::error::{Code, Error, Result};
 use crate::key::Key;
-use crate::store::{ByteRange, Store, UploadSize};
+use crate::store::{ByteRange, RemovalListener, Store, UploadSize};
 
 /// No single step may take longer than this: a hang is a failure, not a stuck test run.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +29,32 @@ struct Model {
     blobs: Vec<Bytes>,
     values: Vec<Option<Bytes>>,
     may_forget: bool,
+    /// Every removal notification of the store, in order (`None`: it may have missed some).
+    heard: Arc<Mutex<Vec<Option<Key>>>>,
+    /// Checked while the store says it reports every removal: for each key (by `same`), the
+    /// step at which a sequential step last saw it present, and the length of `heard` then.
+    /// A key seen present and later, sequentially, absent must have been announced since.
+    seen_present: Vec<Option<(usize, usize)>>,
+    check_removals: bool,
+}
+
+/// Records a store's removal notifications for the model.
+struct Heard(Arc<Mutex<Vec<Option<Key>>>>);
+
+impl RemovalListener for Heard {
+    fn removed(&self, key: &Key) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Some(key.clone()));
+    }
+
+    fn removals_missed(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(None);
+    }
 }
 
 /// The outcome of one step, kept for checking after a concurrent group ends.
@@ -54,12 +80,17 @@ pub(super) async fn run_case<S: Store>(
         .iter()
         .map(|k| keys.iter().position(|other| other == k).expect("present"))
         .collect();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    store.subscribe_removals(Arc::new(Heard(heard.clone())));
     let mut model = Model {
+        seen_present: vec![None; keys.len()],
         keys,
         same,
         blobs,
         values,
         may_forget,
+        heard,
+        check_removals: may_forget && store.reports_all_removals(),
     };
     for (step, op) in case.ops.iter().enumerate() {
         let fail =
@@ -70,6 +101,10 @@ pub(super) async fn run_case<S: Store>(
                     return Err(fail("reopen without a reopen function".into()));
                 };
                 store = timed(reopen(store)).await.map_err(fail)?;
+                // A new instance: what the old one reported says nothing about it.
+                store.subscribe_removals(Arc::new(Heard(model.heard.clone())));
+                model.seen_present.fill(None);
+                model.check_removals = may_forget && store.reports_all_removals();
             }
             Op::BadPut { key, blob, fault } => {
                 let outcome = bad_put(&store, &model, *key, *blob, *fault)
@@ -102,10 +137,15 @@ pub(super) async fn run_case<S: Store>(
                         .check_concurrent(&before, &group, op, outcome)
                         .map_err(|m| fail(format!("in the group, {op:?}: {m}")))?;
                 }
+                // Concurrent answers cannot be ordered against removals.
+                model.seen_present.fill(None);
             }
             simple => {
                 let outcome = timed(run_simple(&store, &model.keys, &model.blobs, simple))
                     .await
+                    .map_err(fail)?;
+                model
+                    .check_announced(step, simple, &outcome)
                     .map_err(fail)?;
                 let before = model.values.clone();
                 model
@@ -120,6 +160,10 @@ pub(super) async fn run_case<S: Store>(
     let outcome = timed(run_simple(&store, &model.keys, &model.blobs, &final_has))
         .await
         .map_err(|m| TestCaseError::fail(format!("final check: {m}")))?;
+    let last = case.ops.len();
+    model
+        .check_announced(last, &final_has, &outcome)
+        .map_err(|m| TestCaseError::fail(format!("final check: {m}")))?;
     let before = model.values.clone();
     model
         .check_concurrent(&before, &[], &final_has, outcome)
@@ -132,6 +176,9 @@ pub(super) async fn run_case<S: Store>(
         let outcome = timed(run_simple(&store, &model.keys, &model.blobs, &get))
             .await
             .map_err(|m| TestCaseError::fail(format!("final check: {m}")))?;
+        model
+            .check_announced(last, &get, &outcome)
+            .map_err(|m| TestCaseError::fail(format!("final check, {get:?}: {m}")))?;
         model
             .check_concurrent(&before, &[], &get, outcome)
             .map_err(|m| TestCaseError::fail(format!("final check, {get:?}: {m}")))?;
@@ -315,6 +362,61 @@ impl Model {
             }
         }
         out
+    }
+
+    /// For a store that says it reports every removal: a key a sequential step saw present
+    /// and a later one finds absent must have been announced in between (peers.md item 4:
+    /// a cache above would otherwise keep claiming it). Then records what `op` saw.
+    fn check_announced(
+        &mut self,
+        step: usize,
+        op: &Op,
+        outcome: &Outcome,
+    ) -> std::result::Result<(), String> {
+        if !self.check_removals {
+            return Ok(());
+        }
+        let mut answers: Vec<(usize, bool)> = Vec::new();
+        match (op, outcome) {
+            (Op::Has { keys }, Outcome::Has(Ok(sizes))) => {
+                answers.extend(keys.iter().zip(sizes).map(|(k, s)| (*k, s.is_some())));
+            }
+            (Op::Get { key, .. }, Outcome::Get(Ok(_))) => answers.push((*key, true)),
+            (Op::Get { key, .. }, Outcome::Get(Err(e))) if e.code() == Code::NotFound => {
+                answers.push((*key, false));
+            }
+            (Op::Put { key, .. }, Outcome::Put(Ok(_))) => answers.push((*key, true)),
+            _ => return Ok(()),
+        }
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (key, present) in answers {
+            let slot = self.same[key];
+            if self.keys[slot].is_empty_blob() {
+                continue;
+            }
+            if present {
+                self.seen_present[slot] = Some((step, heard.len()));
+                continue;
+            }
+            let Some((seen_at, mark)) = self.seen_present[slot].take() else {
+                continue;
+            };
+            let announced = heard[mark..]
+                .iter()
+                .any(|k| k.as_ref().is_none_or(|k| *k == self.keys[slot]));
+            if !announced {
+                return Err(format!(
+                    "{:?} was present at step {seen_at} and is now absent, but the store, which \
+                     says it reports every removal, announced none",
+                    self.keys[slot]
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn may_be_absent(&self, before: &[Option<Bytes>], key: usize) -> bool {

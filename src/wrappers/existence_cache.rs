@@ -8,15 +8,27 @@
 //!   (a peek, so `max_seconds` is a time-to-live from when the answer was learnt) and sends
 //!   the rest to the backend in one batch, in input order.
 //! - **`put`** of a known digest reads the body to its end (checking its declared size) and
-//!   skips the backend; any other `put` goes to the backend.
+//!   skips the backend, but only while the backend reports every removal (see below); any
+//!   other `put` goes to the backend.
 //! - **`get`** goes to the backend unchanged.
-//! - **Never a stale positive** (peers.md item 4). At construction the cache subscribes to
-//!   the backend's removal notifications and forgets every key the backend drops. A `has`
-//!   racing with a removal could still learn "present" from the backend *after* the removal
-//!   notification for that key arrived; so every notification bumps a removal epoch, and an
-//!   answer is remembered only if no removal arrived while it was being fetched (the epoch
-//!   check and the insert happen under the lock that notifications take). A removal during a
-//!   query costs only a missed chance to cache, never a wrong answer.
+//! - **Never a stale positive** (peers.md items 4 and 17). At construction the cache
+//!   subscribes to the backend's removal notifications and forgets every key the backend
+//!   drops. A `has` racing with a removal could still learn "present" from the backend
+//!   *after* the removal notification for that key arrived; so every notification bumps a
+//!   removal epoch, and an answer is remembered only if no removal arrived while it was being
+//!   fetched (the epoch check and the insert happen under the lock that notifications take).
+//!   A removal during a query costs only a missed chance to cache, never a wrong answer.
+//! - **Backends that do not report every removal.** The cache asks
+//!   [`Store::reports_all_removals`] on every call. While it is `false` (an `S3` store, whose
+//!   objects expire or are deleted by lifecycle rules; a `Dedup` store, whose lost chunks are
+//!   announced under the chunks' digests; a `Redis` store without keyspace events, or while its
+//!   subscription is down) a `put` always goes to the backend, and `has` answers from the
+//!   cache only if `eviction_policy.max_seconds` is set, i.e. trusts an answer at most that
+//!   long; without it every `has` goes to the backend. A layout built with
+//!   [`from_spec`](crate::spec) refuses such a backend without `max_seconds`, since the cache
+//!   would do nothing. When a backend that was not reporting starts again (a `Redis` store
+//!   resubscribing after a gap), it says it may have missed removals and the cache forgets
+//!   everything.
 //! - The cache's own evictions (its policy) only make it ask the backend again.
 //!
 //! Layout (TOML):
@@ -28,8 +40,9 @@
 //! [existence_cache.backend.memory]
 //! ```
 //!
-//! Failure codes: those of the backend; `InvalidArgument` if `out` is shorter than `keys`, or
-//! if the body of a skipped upload does not match its declared size.
+//! Failure codes: those of the backend; `InvalidArgument` if `out` is shorter than `keys`, if
+//! the body of a skipped upload does not match its declared size, or (when built from a
+//! layout) if the backend does not report every removal and `max_seconds` is not set.
 
 use std::fmt;
 use std::future::Future;
@@ -59,6 +72,8 @@ use crate::stores::memory::check_out_len;
 pub struct ExistenceCacheConfig {
     /// When the cache forgets answers: `max_count` entries, `max_bytes` of remembered blob
     /// sizes, `max_seconds` since the answer was learnt. Default: never (unbounded).
+    /// `max_seconds` is required (in a layout) over a backend that does not report every
+    /// removal, such as `S3`: it is then how long a "present" answer may be stale.
     pub eviction_policy: EvictionPolicy,
 }
 
@@ -88,6 +103,9 @@ struct Cache {
     map: EvictingMap<()>,
     /// Bumped by every removal notification; inserts check it under this lock.
     epoch: Mutex<u64>,
+    /// Answers expire (`max_seconds` is set), so they may be used even while the backend
+    /// does not report every removal.
+    expires: bool,
 }
 
 impl Cache {
@@ -114,6 +132,17 @@ impl Cache {
         *epoch += 1;
         self.map.remove(key);
     }
+
+    /// Forgets everything (the backend may have dropped anything), and refuses answers that
+    /// were being fetched meanwhile.
+    fn forget_all(&self) {
+        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        *epoch += 1;
+        // Under the epoch lock, so nothing is remembered while the map empties.
+        for key in self.map.keys_lru_first() {
+            self.map.remove(&key);
+        }
+    }
 }
 
 /// The listener the cache registers with its backend. Weak, so a backend shared with other
@@ -126,19 +155,38 @@ impl RemovalListener for Forget {
             cache.forget(key);
         }
     }
+
+    fn removals_missed(&self) {
+        if let Some(cache) = self.0.upgrade() {
+            cache.forget_all();
+        }
+    }
 }
 
 impl<S: Store> ExistenceCache<S> {
     /// Wraps `inner` and subscribes to its removals.
     ///
+    /// Over a backend that does not [report every
+    /// removal](Store::reports_all_removals), set `eviction_policy.max_seconds`: without it
+    /// the cache answers nothing itself while that is so (see the [module docs](self)).
+    ///
     /// ```
-    /// let store = casstack::ExistenceCache::new(casstack::Memory::default(), Default::default());
+    /// use casstack::{EvictionPolicy, ExistenceCache, ExistenceCacheConfig, Memory};
+    ///
+    /// let store = ExistenceCache::new(Memory::default(), Default::default());
     /// assert_eq!(store.cached_len(), 0);
+    /// // Over S3, say: trust an answer for at most ten minutes.
+    /// let ttl = ExistenceCacheConfig {
+    ///     eviction_policy: EvictionPolicy { max_seconds: 600, ..Default::default() },
+    /// };
+    /// let store = ExistenceCache::new(casstack::Noop, ttl);
+    /// # let _ = store;
     /// ```
     pub fn new(inner: S, config: ExistenceCacheConfig) -> Self {
         let cache = Arc::new(Cache {
             map: EvictingMap::new(config.eviction_policy).labelled("existence_cache"),
             epoch: Mutex::new(0),
+            expires: config.eviction_policy.max_seconds != 0,
         });
         inner.subscribe_removals(Arc::new(Forget(Arc::downgrade(&cache))));
         ExistenceCache { inner, cache }
@@ -190,6 +238,10 @@ impl<S> ExistenceCache<S> {
 impl<S: Store> ExistenceCache<S> {
     async fn sizes(&self, keys: &[Key], out: &mut [Option<u64>]) -> Result<()> {
         check_out_len(keys, out)?;
+        if !self.usable() {
+            // A removal may go untold and answers never expire: the backend answers all.
+            return self.inner.has_many(keys, out).await;
+        }
         self.cache.map.sizes(keys, out, false);
         let mut misses = 0;
         for slot in out.iter() {
@@ -223,20 +275,30 @@ impl<S: Store> ExistenceCache<S> {
         Ok(())
     }
 
+    /// True if remembered answers may be used: the backend reports every removal, or
+    /// answers expire.
+    fn usable(&self) -> bool {
+        self.cache.expires || self.inner.reports_all_removals()
+    }
+
     async fn write<B: Body>(&self, key: Key, size: UploadSize, body: B) -> Result<u64> {
         if let Key::Digest(_) = key {
             let mut known = [None];
             self.cache
                 .map
                 .sizes(std::slice::from_ref(&key), &mut known, false);
-            if known[0].is_some() {
+            // Skipped only if a removal would have made the cache forget the key.
+            if known[0].is_some() && self.inner.reports_all_removals() {
                 return drain_body(&key, size, body).await;
             }
         }
         let epoch = self.cache.epoch();
+        let usable = self.usable();
         let stored = self.inner.put(key.clone(), size, body).await?;
-        self.cache
-            .remember(std::slice::from_ref(&key), &[Some(stored)], epoch);
+        if usable {
+            self.cache
+                .remember(std::slice::from_ref(&key), &[Some(stored)], epoch);
+        }
         Ok(stored)
     }
 }
@@ -267,6 +329,10 @@ impl<S: Store> Store for ExistenceCache<S> {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
+    }
+
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
     }
 
     /// The backend's health.
@@ -473,6 +539,10 @@ mod tests {
         fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
             self.inner.subscribe_removals(listener);
         }
+
+        fn reports_all_removals(&self) -> bool {
+            true
+        }
     }
 
     #[tokio::test]
@@ -513,6 +583,172 @@ mod tests {
         // 11 s after it was learnt (a peek does not refresh it): asked again.
         store.has(d).await.unwrap();
         assert_eq!(backend.has_calls(), 2);
+    }
+
+    /// A backend that drops keys without telling anyone (S3 expiry, Redis without keyspace
+    /// events): it forwards no listener and keeps the trait's default `reports_all_removals`.
+    #[derive(Clone)]
+    struct Silent(Counting<Memory>);
+
+    impl Store for Silent {
+        type Reader = <Counting<Memory> as Store>::Reader;
+
+        fn has_many(
+            &self,
+            keys: &[Key],
+            out: &mut [Option<u64>],
+        ) -> impl Future<Output = Result<()>> + Send {
+            self.0.has_many(keys, out)
+        }
+
+        fn get(
+            &self,
+            key: Key,
+            range: ByteRange,
+        ) -> impl Future<Output = Result<Self::Reader>> + Send {
+            self.0.get(key, range)
+        }
+
+        fn put<B: Body>(
+            &self,
+            key: Key,
+            size: UploadSize,
+            body: B,
+        ) -> impl Future<Output = Result<u64>> + Send {
+            self.0.put(key, size, body)
+        }
+    }
+
+    #[tokio::test]
+    async fn over_a_silent_backend_without_ttl_every_has_and_put_reaches_it() {
+        let backend = Counting::new(Memory::default());
+        let store = ExistenceCache::new(Silent(backend.clone()), Default::default());
+        let (d, data) = blob(10, 1);
+        store.put_bytes(d, data.clone()).await.unwrap();
+        assert_eq!(store.has(d).await.unwrap(), Some(10));
+        // Dropped behind the cache's back.
+        backend.inner().remove(&d.into());
+        assert_eq!(store.has(d).await.unwrap(), None, "no stale positive");
+        // A new upload of the digest is not skipped: the blob is back.
+        store.put_bytes(d, data.clone()).await.unwrap();
+        assert_eq!(backend.put_calls(), 2);
+        assert_eq!(backend.inner().get_bytes(d).await.unwrap(), data);
+        assert_eq!(
+            store.cached_len(),
+            0,
+            "nothing is remembered that is never used"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_a_silent_backend_answers_live_for_the_ttl_and_uploads_still_reach_it() {
+        let backend = Counting::new(Memory::default());
+        let store = ExistenceCache::new(
+            Silent(backend.clone()),
+            ExistenceCacheConfig {
+                eviction_policy: EvictionPolicy {
+                    max_seconds: 10,
+                    ..Default::default()
+                },
+            },
+        );
+        let (d, data) = blob(10, 1);
+        store.put_bytes(d, data.clone()).await.unwrap();
+        assert_eq!(store.has(d).await.unwrap(), Some(10));
+        assert_eq!(backend.has_calls(), 0, "answered from the cache");
+        backend.inner().remove(&d.into());
+        // Within the TTL the answer may be stale (the configured bound), but an upload of
+        // the digest is never thrown away.
+        store.put_bytes(d, data.clone()).await.unwrap();
+        assert_eq!(backend.put_calls(), 2);
+        assert_eq!(backend.inner().get_bytes(d).await.unwrap(), data);
+        backend.inner().remove(&d.into());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(store.has(d).await.unwrap(), None, "expired, asked again");
+    }
+
+    /// A backend whose removal reports can stop, and that says so when they resume.
+    #[derive(Clone)]
+    struct Gappy {
+        inner: Memory,
+        live: Arc<std::sync::atomic::AtomicBool>,
+        listeners: Arc<Mutex<Vec<Arc<dyn RemovalListener>>>>,
+    }
+
+    impl Gappy {
+        fn resume(&self) {
+            for listener in self.listeners.lock().unwrap().iter() {
+                listener.removals_missed();
+            }
+            self.live.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Store for Gappy {
+        type Reader = crate::OneChunk;
+
+        fn has_many(
+            &self,
+            keys: &[Key],
+            out: &mut [Option<u64>],
+        ) -> impl Future<Output = Result<()>> + Send {
+            self.inner.has_many(keys, out)
+        }
+
+        fn get(
+            &self,
+            key: Key,
+            range: ByteRange,
+        ) -> impl Future<Output = Result<Self::Reader>> + Send {
+            self.inner.get(key, range)
+        }
+
+        fn put<B: Body>(
+            &self,
+            key: Key,
+            size: UploadSize,
+            body: B,
+        ) -> impl Future<Output = Result<u64>> + Send {
+            self.inner.put(key, size, body)
+        }
+
+        fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
+            self.listeners.lock().unwrap().push(listener);
+        }
+
+        fn reports_all_removals(&self) -> bool {
+            self.live.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_removal_reports_is_bridged_by_forgetting_everything() {
+        let backend = Gappy {
+            inner: Memory::default(),
+            live: Arc::new(true.into()),
+            listeners: Default::default(),
+        };
+        let store = ExistenceCache::new(backend.clone(), Default::default());
+        let (a, ab) = blob(10, 1);
+        let (b, bb) = blob(10, 2);
+        store.put_bytes(a, ab).await.unwrap();
+        store.put_bytes(b, bb.clone()).await.unwrap();
+        assert_eq!(store.cached_len(), 2);
+        // Reports stop; meanwhile both blobs go, unannounced.
+        backend
+            .live
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        backend.inner.remove(&a.into());
+        backend.inner.remove(&b.into());
+        assert_eq!(store.has(a).await.unwrap(), None, "not trusted in the gap");
+        store.put_bytes(b, bb.clone()).await.unwrap();
+        assert_eq!(backend.inner.get_bytes(b).await.unwrap(), bb, "not skipped");
+        backend.inner.remove(&b.into());
+        // Reports resume: everything learnt before is dropped.
+        backend.resume();
+        assert_eq!(store.cached_len(), 0);
+        assert_eq!(store.has(a).await.unwrap(), None);
+        assert_eq!(store.has(b).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -253,6 +253,10 @@ impl<S: Store> Store for Ref<S> {
         self.inner.subscribe_removals(listener);
     }
 
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
+    }
+
     /// The shared store's health.
     async fn check_health(&self) -> HealthStatus {
         self.inner.check_health().await.within("Ref")

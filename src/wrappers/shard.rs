@@ -276,6 +276,10 @@ impl<S: Store> Store for Shard<S> {
         }
     }
 
+    fn reports_all_removals(&self) -> bool {
+        self.set.stores.iter().all(Store::reports_all_removals)
+    }
+
     /// Every shard's health (one after another), each named by its position.
     async fn check_health(&self) -> HealthStatus {
         let mut status = HealthStatus::Ok;

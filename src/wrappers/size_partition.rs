@@ -209,6 +209,10 @@ impl<L: Store, U: Store> Store for SizePartition<L, U> {
         self.upper.subscribe_removals(listener);
     }
 
+    fn reports_all_removals(&self) -> bool {
+        self.lower.reports_all_removals() && self.upper.reports_all_removals()
+    }
+
     /// The health of both children.
     async fn check_health(&self) -> HealthStatus {
         let lower = self.lower.check_health().await;

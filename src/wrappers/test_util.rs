@@ -107,6 +107,10 @@ impl<S: Store> Store for Counting<S> {
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.subscribe_removals(listener);
     }
+
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
+    }
 }
 
 /// Re-cuts a reader's chunks to at most `chunk` bytes.

@@ -273,7 +273,7 @@ async fn client_errors_are_not_retried() {
         "the first put and the refused one"
     );
     assert_eq!(store.get_bytes("k").await.unwrap(), "value");
-    // A missing bucket is NotFound, not retried.
+    // A missing bucket is a broken store, not a missing object, and is not retried.
     let gone = S3::new(S3Config {
         bucket: "no-such-bucket".into(),
         ..store.config().clone()
@@ -281,8 +281,17 @@ async fn client_errors_are_not_retried() {
     .unwrap();
     proxy.clear_log();
     let err = gone.put_bytes("k", "v".into()).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.message().contains("NoSuchBucket"), "{err}");
+    assert!(err.message().contains("bucket does not exist"), "{err}");
     assert_eq!(proxy.seen().len(), 1);
+    for range in [ByteRange::FULL, ByteRange::new(1, Some(2))] {
+        let err = gone.get_range_bytes("k", range).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert!(err.message().contains("NoSuchBucket"), "{err}");
+    }
+    // A HEAD of an object cannot tell (a bare 404): absent.
+    assert_eq!(gone.has("k").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -299,6 +308,10 @@ async fn health_is_a_head_of_the_bucket() {
         failure
             .message
             .starts_with("HEAD of bucket `no-such-bucket-for-health` failed"),
+        "{status}"
+    );
+    assert!(
+        failure.message.contains("bucket does not exist"),
         "{status}"
     );
     // A server that answers every HEAD with 503, through the retries.
@@ -642,4 +655,106 @@ async fn a_range_refused_for_an_object_replaced_since_is_asked_again() {
     proxy.inject("GET", "/k", 0, 3, Action::Status(416, "InvalidRange"));
     let err = store.get_range_bytes("k", range).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+}
+
+#[tokio::test]
+async fn an_existence_cache_above_never_hides_an_expired_object_or_skips_its_upload() {
+    use casstack::{EvictionPolicy, ExistenceCache, ExistenceCacheConfig};
+    let (s3, proxy) = proxied(|c| c.consider_expired_after_s = 3600).await;
+    let store = ExistenceCache::new(s3, ExistenceCacheConfig::default());
+    let data = blob(100, 21);
+    let d = Digest::of(&data);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(store.has(d).await.unwrap(), Some(100));
+    // From now on S3 says the object is too old: it has expired.
+    proxy.inject(
+        "HEAD",
+        &d.to_string(),
+        0,
+        100,
+        Action::LastModified("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    assert_eq!(store.has(d).await.unwrap(), None, "no stale positive");
+    // The client uploads it again: the upload reaches S3.
+    proxy.clear_log();
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(proxy.count("PUT", &d.to_string()), 1, "{:?}", proxy.seen());
+    // With a time-to-live the cache answers for that long, but still never skips an upload.
+    let ttl = ExistenceCacheConfig {
+        eviction_policy: EvictionPolicy {
+            max_seconds: 600,
+            ..Default::default()
+        },
+    };
+    let (s3, proxy) = proxied(|_| {}).await;
+    let store = ExistenceCache::new(s3, ttl);
+    store.put_bytes(d, data.clone()).await.unwrap();
+    assert_eq!(store.has(d).await.unwrap(), Some(100));
+    assert_eq!(
+        proxy.count("HEAD", &d.to_string()),
+        0,
+        "answered by the cache"
+    );
+    store.put_bytes(d, data).await.unwrap();
+    assert_eq!(proxy.count("PUT", &d.to_string()), 2);
+}
+
+#[tokio::test]
+async fn a_layout_refuses_an_existence_cache_over_s3_without_a_time_to_live() {
+    let config = server().config();
+    let s3 = format!(
+        "bucket = {:?}, endpoint = {:?}, credentials = {{ static = {{ access_key = \"a\", \
+         secret_key = \"s\" }} }}",
+        config.bucket,
+        server().endpoint()
+    );
+    let layout = format!("existence_cache.backend.s3_store = {{ {s3} }}");
+    let spec = casstack::StoreSpec::from_toml(&layout).unwrap();
+    let err = casstack::BoxStore::from_spec(&spec).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("existence_cache: the backend (s3_store) does not report every removal")
+            && err.message().contains("max_seconds"),
+        "{err}"
+    );
+    let bounded = format!("{layout}\nexistence_cache.eviction_policy.max_seconds = \"10m\"");
+    let spec = casstack::StoreSpec::from_toml(&bounded).unwrap();
+    casstack::BoxStore::from_spec(&spec).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_ignoring_range_is_data_loss_never_wrong_bytes() {
+    let (store, proxy) = proxied(|c| c.retry.max_retries = 1).await;
+    let data = blob(1000, 22);
+    store.put_bytes("k", data.clone()).await.unwrap();
+    // The whole object comes back (200, no Content-Range) for a ranged read.
+    proxy.inject("GET", "/k", 0, 1, Action::StripRange);
+    let err = store
+        .get_range_bytes("k", ByteRange::new(100, Some(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    assert!(err.message().contains("Content-Range"), "{err}");
+    assert_eq!(err.key(), Some(&Key::from("k")));
+    assert_eq!(proxy.count("GET", "/k"), 1, "not retried");
+    // Same for a range to the end, and for the request that resumes a broken read.
+    proxy.inject("GET", "/k", 0, 1, Action::StripRange);
+    let err = store
+        .get_range_bytes("k", ByteRange::from_offset(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    proxy.inject("GET", "/k", 0, 1, Action::CutBody(500));
+    proxy.inject("GET", "/k", 0, 1, Action::StripRange);
+    let err = store.get_bytes("k").await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    // Honoured ranges still read.
+    assert_eq!(
+        store
+            .get_range_bytes("k", ByteRange::new(100, Some(10)))
+            .await
+            .unwrap(),
+        data.slice(100..110)
+    );
 }

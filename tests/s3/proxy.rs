@@ -31,6 +31,8 @@ pub enum Action {
     /// Forward, but stop sending after this many bytes of the response body (hold the
     /// connection open).
     StallBody(usize),
+    /// Forward without the request's `Range` header, as a server or proxy that ignores it.
+    StripRange,
 }
 
 #[derive(Debug)]
@@ -315,6 +317,19 @@ async fn forward(
 ) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return reset(client);
+    };
+    let stripped;
+    let head = if action == Some(Action::StripRange) {
+        let text = String::from_utf8_lossy(head);
+        stripped = text
+            .split("\r\n")
+            .filter(|line| !line.to_ascii_lowercase().starts_with("range:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            .into_bytes();
+        &stripped[..]
+    } else {
+        head
     };
     if server.write_all(head).await.is_err() || server.write_all(body).await.is_err() {
         return reset(client);

@@ -986,6 +986,11 @@ impl Store for Filesystem {
             .push(listener);
     }
 
+    /// Always: every eviction and removal is announced.
+    fn reports_all_removals(&self) -> bool {
+        true
+    }
+
     /// Stats `content_path`, `d/`, `s/` and `temp_path`, and creates a file in `temp_path`.
     fn check_health(&self) -> impl Future<Output = HealthStatus> + Send {
         self.health()

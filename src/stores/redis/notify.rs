@@ -22,6 +22,8 @@ use crate::store::RemovalListener;
 pub(crate) struct Removals {
     listeners: Mutex<Vec<Arc<dyn RemovalListener>>>,
     active: AtomicBool,
+    /// A live subscription hears both expiry and eviction.
+    complete: AtomicBool,
 }
 
 impl Removals {
@@ -32,12 +34,31 @@ impl Removals {
             .push(listener);
     }
 
-    pub(crate) fn set_active(&self, active: bool) {
-        self.active.store(active, Ordering::SeqCst);
+    /// Records whether `subscription` (if any) is live, and whether it hears every removal.
+    pub(crate) fn set_live(&self, subscription: Option<&Subscription>) {
+        self.active.store(subscription.is_some(), Ordering::SeqCst);
+        self.complete
+            .store(subscription.is_some_and(|s| s.complete), Ordering::SeqCst);
     }
 
     pub(crate) fn is_active(&self) -> bool {
         self.active.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Tells every listener that removals may have gone unheard.
+    fn missed(&self) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for listener in &listeners {
+            listener.removals_missed();
+        }
     }
 
     fn notify(&self, prefix: &str, raw: &[u8]) {
@@ -90,6 +111,8 @@ impl Events {
 pub(crate) struct Subscription {
     pubsub: PubSub,
     keyspace_prefix: Option<Vec<u8>>,
+    /// Both expiry and eviction are heard.
+    complete: bool,
 }
 
 /// Reads the server's flags and subscribes; `Ok(None)` if notifications are off (or `CONFIG`
@@ -155,27 +178,37 @@ pub(crate) async fn subscribe(
     Ok(Some(Subscription {
         pubsub,
         keyspace_prefix,
+        complete: events.expired && events.evicted,
     }))
 }
 
 /// Delivers events until the subscription breaks, then resubscribes with backoff (and
 /// rechecks the server's flags every 10 s while they are off). Runs until aborted.
+///
+/// `first` is the subscription made by `connect` (before any listener could subscribe). Every
+/// later one follows a time in which removals went unheard, so listeners are told
+/// [`removals_missed`](RemovalListener::removals_missed) once it is live, before the store
+/// says it reports removals again.
 pub(crate) async fn run(
     connector: Arc<Connector>,
     prefix: String,
     removals: Arc<Removals>,
-    mut live: Option<Subscription>,
+    first: Option<Subscription>,
 ) {
     let mut failures = 0u32;
+    let mut live = first;
     loop {
         if let Some(subscription) = live.take() {
-            removals.active.store(true, Ordering::SeqCst);
             failures = 0;
+            removals.set_live(Some(&subscription));
             deliver(subscription, &prefix, &removals).await;
-            removals.active.store(false, Ordering::SeqCst);
+            removals.set_live(None);
         }
         let wait = match subscribe(&connector, &prefix).await {
             Ok(Some(subscription)) => {
+                // Subscribed, so nothing from now on goes unheard: drop what was learnt
+                // during the gap, then report removals again.
+                removals.missed();
                 live = Some(subscription);
                 continue;
             }
@@ -196,6 +229,7 @@ async fn deliver(subscription: Subscription, prefix: &str, removals: &Removals) 
     let Subscription {
         pubsub,
         keyspace_prefix,
+        ..
     } = subscription;
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {

@@ -123,7 +123,7 @@ impl Redis {
         // Subscribe before returning when the server is up, so no event after `connect` is
         // missed; otherwise the task keeps trying.
         let first = notify::subscribe(&connector, &prefix).await.ok().flatten();
-        removals.set_active(first.is_some());
+        removals.set_live(first.as_ref());
         let task = tokio::spawn(notify::run(
             connector.clone(),
             prefix.clone(),
@@ -594,6 +594,12 @@ impl Store for Redis {
 
     fn subscribe_removals(&self, listener: Arc<dyn RemovalListener>) {
         self.inner.removals.subscribe(listener);
+    }
+
+    /// True while a keyspace-event subscription that hears both expiry and eviction is
+    /// live; see [`notifies_removals`](Redis::notifies_removals).
+    fn reports_all_removals(&self) -> bool {
+        self.inner.removals.is_complete()
     }
 
     /// A `PING` (with the store's retries): failed, with the address and the error, when

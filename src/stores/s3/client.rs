@@ -178,7 +178,10 @@ impl Client {
 
     /// Bytes `start..=last` of `key` (`last` None = to the end; both None = no Range header),
     /// only if its ETag is still `if_match` when given. `NotFound` if absent, `OutOfRange` if
-    /// `start` is at or past the end, `Aborted` if the ETag changed.
+    /// `start` is at or past the end, `Aborted` if the ETag changed, `DataLoss` if the answer
+    /// to a ranged request does not say (in `Content-Range` and `Content-Length`) that it is
+    /// exactly the bytes asked for (a server or proxy may ignore `Range` and send the whole
+    /// object).
     pub(crate) async fn get(
         &self,
         key: &str,
@@ -191,6 +194,7 @@ impl Client {
             (start, None) => Some(format!("bytes={start}-")),
             (start, Some(last)) => Some(format!("bytes={start}-{last}")),
         };
+        let ranged = range.is_some();
         let request = GetObjectRequest {
             bucket: self.bucket.clone(),
             key: key.to_string(),
@@ -210,6 +214,9 @@ impl Client {
                     "GetObject: the response has no Content-Length",
                 )
             })?;
+        if ranged {
+            check_content_range(out.content_range.as_deref(), start, last, len)?;
+        }
         let body = out
             .body
             .unwrap_or_else(|| ByteStream::new(futures_util::stream::empty()));
@@ -385,9 +392,19 @@ impl Client {
             ..Default::default()
         };
         self.call("HeadBucket", self.s3.head_bucket(request), |e| match e {
-            HeadBucketError::NoSuchBucket(_) => Code::NotFound,
+            HeadBucketError::NoSuchBucket(_) => Code::Internal,
         })
         .await
+        .map_err(|e| match e.code() {
+            // A HEAD has no error body: any 404 means the bucket.
+            Code::NotFound | Code::Internal if !e.message().contains(NO_SUCH_BUCKET_HINT) => {
+                Error::new(
+                    Code::Internal,
+                    format!("{}{NO_SUCH_BUCKET_HINT}", e.message()),
+                )
+            }
+            _ => e,
+        })
     }
 
     /// Runs one request under the timeout and maps its error.
@@ -431,6 +448,63 @@ pub(crate) fn poll_body(
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Option<std::result::Result<Bytes, io::Error>>> {
     std::pin::Pin::new(body).poll_next(cx)
+}
+
+/// `DataLoss` unless the answer to a request for bytes `start..=last` (`last` None = to the
+/// end) is that range: `Content-Range: bytes {start}-{end}/{total}` with `end` the last byte
+/// asked for or, past the end of the object, its last byte; and `len` (`Content-Length`)
+/// equal to `end - start + 1`.
+fn check_content_range(
+    header: Option<&str>,
+    start: u64,
+    last: Option<u64>,
+    len: u64,
+) -> Result<()> {
+    let wrong = |why: String| {
+        Error::new(
+            Code::DataLoss,
+            format!(
+                "GetObject: asked for bytes {start}-{}, {why}",
+                last.map_or(String::new(), |l| l.to_string())
+            ),
+        )
+    };
+    let Some(header) = header else {
+        return Err(wrong(
+            "the answer has no Content-Range (the server ignored the Range header)".into(),
+        ));
+    };
+    let parsed = header
+        .trim()
+        .strip_prefix("bytes ")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(span, total)| {
+            let (first, end) = span.split_once('-')?;
+            let total = if total == "*" {
+                None
+            } else {
+                Some(total.parse::<u64>().ok()?)
+            };
+            Some((first.parse::<u64>().ok()?, end.parse::<u64>().ok()?, total))
+        });
+    let Some((first, end, total)) = parsed else {
+        return Err(wrong(format!("the answer has Content-Range {header:?}")));
+    };
+    let expected_end = match (last, total) {
+        (Some(last), Some(total)) => last.min(total.saturating_sub(1)),
+        (Some(last), None) => last,
+        (None, Some(total)) => total.saturating_sub(1),
+        (None, None) => end,
+    };
+    if first != start || end != expected_end || end < first {
+        return Err(wrong(format!("the answer has Content-Range {header:?}")));
+    }
+    if len != end - first + 1 {
+        return Err(wrong(format!(
+            "the answer has Content-Range {header:?} but Content-Length {len}"
+        )));
+    }
+    Ok(())
 }
 
 fn head_code(e: &HeadObjectError) -> Code {
@@ -488,6 +562,10 @@ fn map_error<E: fmt::Display>(
     }
 }
 
+/// Appended to the message of a `NoSuchBucket` error.
+const NO_SUCH_BUCKET_HINT: &str =
+    " (the store's bucket does not exist: check `bucket`, `endpoint` and `region`)";
+
 /// The code for an S3 error response: throttling, 5xx and request timeouts are transient;
 /// other 4xx are not.
 pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
@@ -507,6 +585,8 @@ pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
             ),
         ) => Code::Unavailable,
         (_, Some("RequestTimeout")) => Code::DeadlineExceeded,
+        // Not a missing object: the store itself is broken (a wrong or deleted bucket).
+        (_, Some("NoSuchBucket")) => Code::Internal,
         (404, _) => Code::NotFound,
         (401 | 403, _) => Code::PermissionDenied,
         (412 | 409, _) => Code::Aborted,
@@ -524,6 +604,9 @@ pub(crate) fn http_error(what: &str, status: u16, body: &[u8]) -> Error {
     if let Some(detail) = xml_tag(body, "Message") {
         message.push_str(": ");
         message.push_str(&detail);
+    }
+    if s3_code.as_deref() == Some("NoSuchBucket") {
+        message.push_str(NO_SUCH_BUCKET_HINT);
     }
     Error::new(code, message)
 }
@@ -555,7 +638,7 @@ mod tests {
             (400, body("InvalidArgument"), Code::InvalidArgument),
             (403, body("AccessDenied"), Code::PermissionDenied),
             (404, String::new(), Code::NotFound),
-            (404, body("NoSuchBucket"), Code::NotFound),
+            (404, body("NoSuchBucket"), Code::Internal),
             (412, body("PreconditionFailed"), Code::Aborted),
             (416, body("InvalidRange"), Code::OutOfRange),
             (501, body("NotImplemented"), Code::Unimplemented),
@@ -570,6 +653,36 @@ mod tests {
         }
         let e = http_error("PutObject", 503, body("SlowDown").as_bytes());
         assert_eq!(e.message(), "PutObject: HTTP 503 SlowDown: m");
+    }
+
+    #[test]
+    fn content_range_must_be_the_range_asked_for() {
+        let ok = [
+            (Some("bytes 100-109/1000"), 100, Some(109), 10),
+            (Some("bytes 995-999/1000"), 995, Some(1044), 5),
+            (Some("bytes 990-999/1000"), 990, None, 10),
+            (Some("bytes 5-9/*"), 5, Some(9), 5),
+        ];
+        for (header, start, last, len) in ok {
+            check_content_range(header, start, last, len).unwrap();
+        }
+        let wrong = [
+            (None, 100, Some(109), 1000),
+            (Some("bytes 0-999/1000"), 100, Some(109), 1000),
+            (Some("bytes 100-199/1000"), 100, Some(109), 100),
+            (Some("bytes 100-109/1000"), 100, Some(109), 1000),
+            (Some("bytes 100-998/1000"), 100, None, 899),
+            (Some("bytes */1000"), 100, None, 900),
+            (Some("items 100-109/1000"), 100, Some(109), 10),
+        ];
+        for (header, start, last, len) in wrong {
+            let err = check_content_range(header, start, last, len).unwrap_err();
+            assert_eq!(err.code(), Code::DataLoss, "{header:?}");
+            assert!(
+                err.message().starts_with("GetObject: asked for bytes"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -61,7 +61,10 @@
 //!
 //! # Failure codes
 //!
-//! `NotFound` (absent, or the bucket does not exist), `OutOfRange` (range past the end),
+//! `NotFound` (absent), `Internal` (the bucket does not exist: `NoSuchBucket` from a `get`,
+//! a `put` or the health check; a `has` cannot tell, since S3 answers a `HEAD` of an object
+//! in a missing bucket with a bare 404, so it reports the object absent), `OutOfRange` (range
+//! past the end),
 //! `InvalidArgument` (body longer or shorter than declared, a key S3 cannot take, a bad
 //! config, a request S3 refused as malformed), `PermissionDenied` (403, or no usable
 //! credentials), `Unavailable` (a transient failure that outlasted its retries: 5xx,

@@ -618,6 +618,12 @@ impl Store for S3 {
             .push(listener);
     }
 
+    /// Never: objects expire (`consider_expired_after_s`, which is noticed only by a `has`)
+    /// or are deleted by lifecycle rules and other clients without a word.
+    fn reports_all_removals(&self) -> bool {
+        false
+    }
+
     /// A `HEAD` of the bucket (with the store's retries): failed, naming the bucket and the
     /// error, when the server does not answer, the bucket is gone or access is denied.
     async fn check_health(&self) -> HealthStatus {

@@ -261,3 +261,75 @@ impl Stream for S3Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stores::s3::{S3Config, S3Credentials};
+    use futures_util::StreamExt as _;
+
+    /// A reader of bytes `start..start + len` whose response body yields `chunks`; a resume
+    /// would go to a port where nothing listens, and is never retried.
+    fn reader(start: u64, len: u64, chunks: Vec<std::io::Result<Bytes>>) -> S3Stream {
+        let mut config = S3Config::new("b");
+        config.endpoint = Some("http://127.0.0.1:1".into());
+        config.credentials = S3Credentials::Environment;
+        config.request_timeout = 5.0;
+        let client = Client::new(&config).unwrap();
+        let got = Got {
+            body: BodyStream::new(futures_util::stream::iter(chunks)),
+            len,
+            etag: None,
+        };
+        let retry = RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        };
+        S3Stream::new(client, Key::from("k"), "k".into(), start, got, retry)
+    }
+
+    /// Polls `stream` to its first error, then asserts that it yields nothing more.
+    async fn error_is_final(mut stream: S3Stream) -> Error {
+        let err = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("ended without an error"),
+            }
+        };
+        for _ in 0..3 {
+            assert!(stream.next().await.is_none(), "polled again after {err}");
+        }
+        assert_eq!(stream.size_hint(), (0, Some(0)));
+        assert_eq!(err.key(), Some(&Key::from("k")));
+        err
+    }
+
+    #[tokio::test]
+    async fn every_terminal_error_is_final() {
+        // More bytes than asked for, with more queued behind them.
+        let too_many = reader(
+            0,
+            4,
+            vec![
+                Ok(Bytes::from_static(b"abcdef")),
+                Ok(Bytes::from_static(b"gh")),
+            ],
+        );
+        assert_eq!(error_is_final(too_many).await.code(), Code::DataLoss);
+        // A broken body, retries spent.
+        let broken = reader(
+            10,
+            8,
+            vec![
+                Ok(Bytes::from_static(b"abcd")),
+                Err(std::io::Error::other("reset")),
+                Ok(Bytes::from_static(b"efgh")),
+            ],
+        );
+        assert_eq!(error_is_final(broken).await.code(), Code::Unavailable);
+        // A body that ends early, retries spent.
+        let short = reader(0, 8, vec![Ok(Bytes::from_static(b"abcd"))]);
+        assert_eq!(error_is_final(short).await.code(), Code::Unavailable);
+    }
+}

@@ -525,6 +525,10 @@ impl<S: Store> Store for Compress<S> {
         self.inner.subscribe_removals(listener);
     }
 
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
+    }
+
     /// The backend's health, then a round trip of the probe blob through this layer. The
     /// round trip also stores the probe in this layer's format, in case the backend's own
     /// check wrote it raw under the same digest.

@@ -431,6 +431,12 @@ impl<I: Store, C: Store> Store for Dedup<I, C> {
         self.content.subscribe_removals(listener);
     }
 
+    /// Never: a lost chunk is announced under its own digest, not under the objects it
+    /// leaves incomplete.
+    fn reports_all_removals(&self) -> bool {
+        false
+    }
+
     /// The health of both stores, then a round trip of the probe blob through this layer
     /// (which also rewrites the probe's index entry, in case the index store's own check
     /// wrote the probe raw under the same digest).

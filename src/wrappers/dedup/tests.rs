@@ -363,3 +363,41 @@ fn reader_is_unpin_and_send() {
         1,
     ));
 }
+
+#[tokio::test]
+async fn an_existence_cache_above_never_hides_a_lost_chunk() {
+    use crate::{ExistenceCache, StoreSpec};
+    let s = store();
+    assert!(!s.reports_all_removals());
+    let cache = ExistenceCache::new(s.clone(), Default::default());
+    let blob = noise(20_000, 7);
+    let d = Digest::of(&blob);
+    cache.put_bytes(d, blob.clone()).await.unwrap();
+    assert_eq!(cache.has(d).await.unwrap(), Some(20_000));
+    // The content store loses one chunk; it reports the chunk's digest, not the object's.
+    let list = s.read_list(&d.into()).await.unwrap();
+    assert!(list.chunks.len() > 1);
+    s.content_store()
+        .remove(&Key::Digest(list.chunks[1].digest()));
+    assert_eq!(cache.has(d).await.unwrap(), None, "no stale positive");
+    // Uploading the object again is not skipped, so it is whole again.
+    cache.put_bytes(d, blob.clone()).await.unwrap();
+    assert_eq!(s.get_bytes(d).await.unwrap(), blob);
+    // A layout refuses the combination unless answers expire.
+    let layout =
+        "existence_cache.backend.dedup = { index_store.memory = {}, content_store.memory = {} }";
+    let err = crate::BoxStore::from_spec(&StoreSpec::from_toml(layout).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("existence_cache: the backend (dedup) does not report")
+            && err.message().contains("max_seconds"),
+        "{err}"
+    );
+    let bounded = format!("{layout}\nexistence_cache.eviction_policy.max_seconds = 60");
+    crate::BoxStore::from_spec(&StoreSpec::from_toml(&bounded).unwrap())
+        .await
+        .unwrap();
+}

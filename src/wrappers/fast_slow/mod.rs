@@ -458,6 +458,16 @@ impl<F: Store, S: Store> Store for FastSlow<F, S> {
         self.slow.subscribe_removals(listener);
     }
 
+    /// The slow tier's answer (it decides what is present), or the fast tier's when the slow
+    /// one is `Noop`.
+    fn reports_all_removals(&self) -> bool {
+        if Self::slow_is_noop() {
+            self.fast.reports_all_removals()
+        } else {
+            self.slow.reports_all_removals()
+        }
+    }
+
     /// The health of both tiers.
     async fn check_health(&self) -> HealthStatus {
         let fast = self.fast.check_health().await;

@@ -407,6 +407,10 @@ impl<S: Store> Store for Metrics<S> {
         self.inner.subscribe_removals(listener);
     }
 
+    fn reports_all_removals(&self) -> bool {
+        self.inner.reports_all_removals()
+    }
+
     /// The inner store's health, failures named under this layer's name.
     async fn check_health(&self) -> HealthStatus {
         let status = self.inner.check_health().await;
