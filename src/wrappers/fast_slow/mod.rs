@@ -461,7 +461,7 @@ impl<F: Store, S: Store> Store for FastSlow<F, S> {
     /// The slow tier's answer (it decides what is present), or the fast tier's when the slow
     /// one is `Noop`.
     fn reports_all_removals(&self) -> bool {
-        if Self::slow_is_noop() {
+        if self.slow_keeps_nothing() {
             self.fast.reports_all_removals()
         } else {
             self.slow.reports_all_removals()
