@@ -39,7 +39,7 @@
 //! | [`FastSlow`] | fast tier in front of a slow one; reads fill fast, single flight | always |
 //! | [`SizePartition`] | small digests to one store, large to another | always |
 //! | [`Verify`] | size and sha256 checks on upload, optionally on read | always |
-//! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals | always |
+//! | [`ExistenceCache`] | remembers what the backend has; forgets on its removals (needs a TTL over a backend that cannot report them all) | always |
 //! | [`Shard`] | weighted rendezvous hashing over stores of one type | always |
 //! | [`Ref`] / [`Registry`] | one store shared by name between layouts | always |
 //! | `Compress` | seekable zstd: independent frames + seek index, ranged reads decode only what they need | `zstd` |
