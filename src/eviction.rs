@@ -391,6 +391,7 @@ impl<V: Clone> EvictingMap<V> {
     /// Runs the eviction rules as if `reserved` more bytes were indexed (space promised to
     /// uploads in progress), so the entries plus the reservation stay below `max_bytes`;
     /// returns what left, after telling the listeners.
+    #[cfg(feature = "fs")]
     pub(crate) fn evict_reserving(&self, reserved: u64) -> Vec<(Key, V)> {
         let mut removed = Vec::new();
         self.evict_with(&mut self.write(), &mut removed, reserved);

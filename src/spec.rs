@@ -312,15 +312,18 @@ impl StoreSpec {
     }
 
     /// The children of a wrapper node written with named fields (none for the others).
-    #[cfg_attr(not(any(feature = "zstd", feature = "dedup")), allow(dead_code))]
+    #[cfg(any(feature = "zstd", feature = "dedup"))]
     fn wrapper_children(&self) -> Vec<(&'static str, &StoreSpec)> {
         match self {
             StoreSpec::FastSlow(node) => node.children(),
             StoreSpec::SizePartitioning(node) => node.children(),
+            #[cfg(feature = "zstd")]
             StoreSpec::Compression(node) => node.children(),
+            #[cfg(feature = "dedup")]
             StoreSpec::Dedup(node) => node.children(),
             StoreSpec::Verify(node) => node.children(),
             StoreSpec::ExistenceCache(node) => node.children(),
+            #[cfg(feature = "metrics")]
             StoreSpec::Metrics(node) => node.children(),
             _ => Vec::new(),
         }
@@ -559,6 +562,7 @@ fn refuse_digest_checks_below(spec: &StoreSpec, cx: &BuildContext) -> Result<()>
         StoreSpec::Verify(node) if node.config.verify_size || node.config.verify_hash => refuse(
             "a verify store would refuse every upload (set verify_size and verify_hash to false, or move it above)",
         ),
+        #[cfg(feature = "dedup")]
         StoreSpec::Dedup(node) => {
             refuse_digest_checks_below(&node.index_store, &cx.child("dedup", "index_store"))
         }
