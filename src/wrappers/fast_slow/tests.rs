@@ -36,6 +36,27 @@ fn chunks(data: &Bytes, n: usize) -> impl Body + use<> {
     stream::iter(parts)
 }
 
+/// Starts a put of `key` whose body the test feeds through the returned sender, and waits
+/// until the slow tier has begun storing it.
+async fn held_put(
+    store: &FastSlow<Counting<Memory>, Counting<Memory>>,
+    slow: &Counting<Memory>,
+    key: Key,
+    size: u64,
+) -> (
+    futures_channel::mpsc::Sender<Result<Bytes>>,
+    tokio::task::JoinHandle<Result<u64>>,
+) {
+    let (body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
+    let store = store.clone();
+    let calls = slow.put_calls();
+    let put = tokio::spawn(async move { store.put(key, UploadSize::Exact(size), body_rx).await });
+    while slow.put_calls() == calls {
+        tokio::task::yield_now().await;
+    }
+    (body_tx, put)
+}
+
 #[tokio::test]
 async fn write_large_amount_to_both_stores() {
     let (fast, slow, store) = tiers(Default::default());
@@ -763,14 +784,7 @@ async fn has_waits_for_a_write_that_is_committing_but_not_forever() {
 async fn concurrent_puts_of_one_digest_upload_once() {
     let (fast, slow, store) = tiers(Default::default());
     let (d, data) = blob(100, 22);
-    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
-    let leader = tokio::spawn({
-        let store = store.clone();
-        async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
-    });
-    while slow.put_calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let (mut body_tx, leader) = held_put(&store, &slow, d.into(), 100).await;
     let mut followers = Vec::new();
     for _ in 0..5 {
         let store = store.clone();
@@ -802,14 +816,7 @@ async fn concurrent_puts_of_one_digest_upload_once() {
 async fn a_follower_whose_body_is_wrong_fails_even_if_the_leader_succeeds() {
     let (_, slow, store) = tiers(Default::default());
     let (d, data) = blob(100, 23);
-    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
-    let leader = tokio::spawn({
-        let store = store.clone();
-        async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
-    });
-    while slow.put_calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let (mut body_tx, leader) = held_put(&store, &slow, d.into(), 100).await;
     let short = tokio::spawn({
         let store = store.clone();
         let body = chunks(&data.slice(0..60), 30);
@@ -839,14 +846,7 @@ async fn a_failed_or_cancelled_leader_never_loses_a_followers_upload() {
     for cancel in [false, true] {
         let (fast, slow, store) = tiers(Default::default());
         let (d, data) = blob(100, 24);
-        let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
-        let leader = tokio::spawn({
-            let store = store.clone();
-            async move { store.put(d.into(), UploadSize::Exact(100), body_rx).await }
-        });
-        while slow.put_calls() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (mut body_tx, leader) = held_put(&store, &slow, d.into(), 100).await;
         let follower = tokio::spawn({
             let store = store.clone();
             let body = chunks(&data, 30);
@@ -878,18 +878,7 @@ async fn a_failed_or_cancelled_leader_never_loses_a_followers_upload() {
 #[tokio::test]
 async fn concurrent_puts_of_one_name_each_upload() {
     let (_, slow, store) = tiers(Default::default());
-    let (mut body_tx, body_rx) = futures_channel::mpsc::channel::<Result<Bytes>>(4);
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .put("ac/x".into(), UploadSize::Exact(3), body_rx)
-                .await
-        }
-    });
-    while slow.put_calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let (mut body_tx, first) = held_put(&store, &slow, "ac/x".into(), 3).await;
     // A name's value may differ: the second put is not folded into the first.
     assert_eq!(store.put_bytes("ac/x", "new".into()).await.unwrap(), 3);
     assert_eq!(slow.put_calls(), 2);
