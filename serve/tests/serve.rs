@@ -576,17 +576,22 @@ fn an_upload_cut_midway_stores_nothing() {
         assert_eq!(server.get(&path).status, 404, "{path}");
     }
     // Nothing was left in the temp directory either.
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|name| name != ".casstack-lock")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_no_temp_files(dir.path());
     // The same upload, whole, works.
     let path = cas(&sha256_hex(&blob));
     assert_eq!(server.put(&path, &blob).status, 201);
     assert_eq!(server.get(&path).body, blob);
     server.stop();
+}
+
+/// Asserts that no upload left a file in the data directory's temp path.
+fn assert_no_temp_files(data: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(data.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != ".casstack-lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
@@ -607,12 +612,7 @@ fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
         server.wait_log(&format!("PUT {path} 408"));
         assert_eq!(server.head(&path).status, 404, "{path}");
     }
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|name| name != ".casstack-lock")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_no_temp_files(dir.path());
     // A client that keeps sending is not abandoned, however long the whole upload takes.
     let path = cas(&sha256_hex(&blob));
     assert_eq!(server.put(&path, &blob).status, 201);
