@@ -289,15 +289,7 @@ fn a_one_store_layout_file_needs_name_keys() {
 
     // A root that takes digests only cannot hold the AC: refused at startup, with the fix.
     std::fs::write(&layout, "verify.backend.memory = {}\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--layout"])
-        .arg(&layout)
-        .arg("--data")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_startup(&layout, dir.path());
     assert!(
         err.contains("takes no name keys") && err.contains("[cas] and [ac]"),
         "{err}"
@@ -584,6 +576,20 @@ fn an_upload_cut_midway_stores_nothing() {
     server.stop();
 }
 
+/// Starts the server on `layout` and `data`, expects it to refuse to start (exit code 1),
+/// and returns what it printed on stderr.
+fn refused_at_startup(layout: &Path, data: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--layout"])
+        .arg(layout)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Asserts that no upload left a file in the data directory's temp path.
 fn assert_no_temp_files(data: &std::path::Path) {
     let left: Vec<_> = std::fs::read_dir(data.join("tmp"))
@@ -812,15 +818,7 @@ fn bad_flags_and_layouts_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("bad.toml");
     std::fs::write(&layout, "[cas.memory]\n\n[ac.memroy]\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["--addr", "127.0.0.1:0", "--layout"])
-        .arg(&layout)
-        .arg("--data")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_startup(&layout, dir.path());
     assert!(
         err.contains("bad.toml") && err.contains("line 3") && err.contains("memroy"),
         "{err}"
